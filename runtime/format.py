@@ -1,0 +1,336 @@
+"""The plan file: encode, decode and validate, with numpy and msgpack only.
+
+A plan file is safe to load from a stranger: a fixed preamble (magic, version, SHA-256 of the body)
+followed by one msgpack map of plain values and raw little-endian arrays. Every index is checked
+here, before anything reaches a kernel, so a corrupted or hostile file raises :class:`PlanError`
+and never causes an out-of-bounds access. ``plans/FORMAT.md`` is the byte-level specification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+MAGIC = b"MASKCPLN"
+VERSION = 1
+_PREAMBLE = struct.Struct("<8sI32s")  # magic, format version, sha256(body)
+MAX_DIM = 2**31 - 1  # kernels index with int32 offsets
+VARIANTS = ("block_sparse",)
+
+# name -> (dtype, number of dimensions); every plan carries all of them.
+ARRAY_SPECS: dict[str, tuple[str, int]] = {
+    "row_ptr": ("<i4", 1),
+    "row_full": ("<i4", 1),
+    "row_col": ("<i4", 1),
+    "row_tile": ("<i4", 1),
+    "col_ptr": ("<i4", 1),
+    "col_full": ("<i4", 1),
+    "col_row": ("<i4", 1),
+    "col_tile": ("<i4", 1),
+    "bitmaps": ("<u4", 3),
+}
+META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+class PlanError(ValueError):
+    """A plan file or plan object is malformed, corrupted, or from a newer version."""
+
+
+@dataclass
+class Plan:
+    """An execution plan: the mask's tiles as row and column lists plus distinct partial bitmaps.
+
+    ``batch`` and ``heads`` are the mask's own (1 where it broadcasts). Slice ``s = b * heads + h``
+    owns rows ``s * tiles_m + m`` of ``row_ptr``/``row_full`` and columns ``s * tiles_n + n`` of
+    ``col_ptr``/``col_full``. Within a row, the first ``row_full`` entries are full tiles
+    (``row_tile == -1``); the rest are partial tiles indexing ``bitmaps``.
+    """
+
+    q_len: int
+    kv_len: int
+    batch: int
+    heads: int
+    block_m: int
+    block_n: int
+    visible_pairs: int
+    mask_sha256: str
+    arrays: dict[str, np.ndarray]
+    variant: str = "block_sparse"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def slices(self) -> int:
+        return self.batch * self.heads
+
+    @property
+    def tiles_m(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def tiles_n(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+    @property
+    def words_per_row(self) -> int:
+        return self.block_n // 32
+
+    def tile_counts(self) -> dict[str, int]:
+        """Empty, full and partial tile counts over all mask slices, and distinct partial bitmaps."""
+        full = int(self.arrays["row_full"].sum(dtype=np.int64))
+        visited = int(self.arrays["row_col"].shape[0])
+        total = self.slices * self.tiles_m * self.tiles_n
+        return {
+            "tiles_total": total,
+            "tiles_empty": total - visited,
+            "tiles_full": full,
+            "tiles_partial": visited - full,
+            "partial_distinct": int(self.arrays["bitmaps"].shape[0]),
+        }
+
+    def to_bytes(self) -> bytes:
+        return encode(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write(path, encode(self))
+
+    def to_mask(self) -> np.ndarray:
+        """The dense boolean mask ``[batch, heads, q_len, kv_len]`` this plan stands for."""
+        return decode_mask(self)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def encode(plan: Plan) -> bytes:
+    """Serialise a plan; byte-identical output for identical plans (map keys are sorted)."""
+    validate(plan)
+    arrays = {}
+    for name in sorted(plan.arrays):
+        dtype, _ = ARRAY_SPECS[name]
+        a = np.ascontiguousarray(plan.arrays[name], dtype=np.dtype(dtype))
+        arrays[name] = {"dtype": dtype, "shape": list(a.shape), "data": a.tobytes()}
+    body = {
+        "meta": {
+            **{k: int(getattr(plan, k)) for k in META_INTS},
+            "mask_sha256": plan.mask_sha256,
+            "variant": plan.variant,
+        },
+        "options": plan.options,
+        "arrays": arrays,
+    }
+    payload = msgpack.packb(_sorted(body), use_bin_type=True)
+    return _PREAMBLE.pack(MAGIC, VERSION, hashlib.sha256(payload).digest()) + payload
+
+
+def decode(data: bytes) -> Plan:
+    """Parse and fully validate a plan file's bytes."""
+    if len(data) < _PREAMBLE.size:
+        raise PlanError(f"not a maskc plan: {len(data)} bytes is shorter than the {_PREAMBLE.size}-byte preamble")
+    magic, version, digest = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise PlanError("not a maskc plan: bad magic bytes")
+    if version > VERSION:
+        raise PlanError(f"plan format version {version} is newer than this maskc reads ({VERSION}); upgrade maskc")
+    if version < 1:
+        raise PlanError(f"plan format version {version} is not valid")
+    payload = memoryview(data)[_PREAMBLE.size:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise PlanError("plan checksum mismatch: the file is truncated or corrupted")
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise PlanError(f"plan body is not valid msgpack: {e}") from None
+    plan = _plan_from_body(body)
+    validate(plan)
+    return plan
+
+
+def load(path: str | os.PathLike) -> Plan:
+    """Read and validate a plan file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PlanError(f"plan file not found: {path}") from None
+    except IsADirectoryError:
+        raise PlanError(f"plan path is a directory: {path}") from None
+    try:
+        return decode(data)
+    except PlanError as e:
+        raise PlanError(f"{path}: {e}") from None
+
+
+def _sorted(obj):
+    if isinstance(obj, dict):
+        return {k: _sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+def _field(mapping, key, kind, where):
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise PlanError(f"plan field {where}{key} is missing")
+    value = mapping[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise PlanError(f"plan field {where}{key} must be an integer, got {type(value).__name__}")
+    if kind is not int and not isinstance(value, kind):
+        raise PlanError(f"plan field {where}{key} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _plan_from_body(body) -> Plan:
+    if not isinstance(body, dict):
+        raise PlanError("plan body must be a map")
+    meta = _field(body, "meta", dict, "")
+    ints = {k: _field(meta, k, int, "meta.") for k in META_INTS}
+    raw_arrays = _field(body, "arrays", dict, "")
+    arrays = {}
+    for name, (dtype, ndim) in ARRAY_SPECS.items():
+        spec = _field(raw_arrays, name, dict, "arrays.")
+        where = f"arrays.{name}."
+        if _field(spec, "dtype", str, where) != dtype:
+            raise PlanError(f"plan array {name} has dtype {spec['dtype']!r}, expected {dtype!r}")
+        shape = _field(spec, "shape", list, where)
+        if len(shape) != ndim or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape):
+            raise PlanError(f"plan array {name} has invalid shape {shape!r}")
+        buf = _field(spec, "data", bytes, where)
+        itemsize = np.dtype(dtype).itemsize
+        if len(buf) != int(np.prod(shape, dtype=np.int64)) * itemsize:
+            raise PlanError(f"plan array {name}: {len(buf)} bytes do not match shape {shape}")
+        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    extra = set(raw_arrays) - set(ARRAY_SPECS)
+    if extra:
+        raise PlanError(f"plan has unknown arrays {sorted(extra)}")
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise PlanError("plan field options must be a map")
+    return Plan(
+        **ints,
+        mask_sha256=_field(meta, "mask_sha256", str, "meta."),
+        variant=_field(meta, "variant", str, "meta."),
+        arrays=arrays,
+        options=options,
+    )
+
+
+def validate(plan: Plan) -> None:
+    """Check every dimension and index of a plan; raise PlanError naming the first fault."""
+    for k in ("q_len", "kv_len", "batch", "heads"):
+        v = getattr(plan, k)
+        if not 1 <= v <= MAX_DIM:
+            raise PlanError(f"plan {k}={v} is out of range [1, {MAX_DIM}]")
+    for k in ("block_m", "block_n"):
+        if getattr(plan, k) not in BLOCK_SIZES:
+            raise PlanError(f"plan {k}={getattr(plan, k)} is not one of {BLOCK_SIZES}")
+    if plan.block_n < 32:
+        raise PlanError(f"plan block_n={plan.block_n} must be at least 32 (one bitmap word)")
+    if plan.variant not in VARIANTS:
+        raise PlanError(f"plan variant {plan.variant!r} is not one of {VARIANTS}")
+    if len(plan.mask_sha256) != 64 or any(c not in "0123456789abcdef" for c in plan.mask_sha256):
+        raise PlanError("plan mask_sha256 is not a 64-digit lowercase hex string")
+    if set(plan.arrays) != set(ARRAY_SPECS):
+        raise PlanError(f"plan arrays {sorted(plan.arrays)} do not match {sorted(ARRAY_SPECS)}")
+    a = plan.arrays
+    bm = a["bitmaps"]
+    if bm.shape[1:] != (plan.block_m, plan.words_per_row):
+        raise PlanError(f"plan bitmaps shape {bm.shape} does not match tiles {plan.block_m}x{plan.block_n}")
+    n_partial = bm.shape[0]
+    rows = _check_lists(plan, "row", plan.tiles_m, plan.tiles_n, n_partial)
+    cols = _check_lists(plan, "col", plan.tiles_n, plan.tiles_m, n_partial)
+    # The column lists must be exactly the transpose of the row lists.
+    (r_s, r_m, r_n, r_t), (c_s, c_n, c_m, c_t) = rows, cols
+    key_r = (r_s * plan.tiles_m + r_m) * plan.tiles_n + r_n
+    key_c = (c_s * plan.tiles_m + c_m) * plan.tiles_n + c_n
+    order_r, order_c = np.argsort(key_r, kind="stable"), np.argsort(key_c, kind="stable")
+    if not (np.array_equal(key_r[order_r], key_c[order_c]) and np.array_equal(r_t[order_r], c_t[order_c])):
+        raise PlanError("plan column lists are not the transpose of the row lists")
+    if key_r.size and np.any(np.diff(key_r[order_r]) == 0):
+        raise PlanError("plan row lists visit a tile twice")
+    pairs = _count_visible(plan, r_m, r_n, r_t)
+    if pairs != plan.visible_pairs:
+        raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its tiles hold {pairs}")
+
+
+def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial: int):
+    """Validate one CSR (rows or columns); return each entry's (slice, list index, other index, tile id)."""
+    ptr = plan.arrays[f"{prefix}_ptr"].astype(np.int64)
+    full = plan.arrays[f"{prefix}_full"].astype(np.int64)
+    other = plan.arrays[f"{prefix}_{'col' if prefix == 'row' else 'row'}"].astype(np.int64)
+    tile = plan.arrays[f"{prefix}_tile"].astype(np.int64)
+    n = plan.slices * n_lists
+    if ptr.shape != (n + 1,) or full.shape != (n,):
+        raise PlanError(f"plan {prefix}_ptr/{prefix}_full have {ptr.shape[0]}/{full.shape[0]} entries, expected {n + 1}/{n}")
+    if ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] != other.shape[0] or other.shape != tile.shape:
+        raise PlanError(f"plan {prefix}_ptr is not a monotone offset array over {other.shape[0]} entries")
+    counts = np.diff(ptr)
+    if np.any(full < 0) or np.any(full > counts):
+        raise PlanError(f"plan {prefix}_full exceeds its list length")
+    if np.any(other < 0) or np.any(other >= n_other):
+        raise PlanError(f"plan {prefix} lists hold a tile index outside [0, {n_other})")
+    owner = np.repeat(np.arange(n, dtype=np.int64), counts)
+    position = np.arange(other.shape[0], dtype=np.int64) - ptr[owner]
+    is_full = position < full[owner]
+    if np.any(tile[is_full] != -1) or np.any(tile[~is_full] < 0) or np.any(tile[~is_full] >= n_partial):
+        raise PlanError(f"plan {prefix}_tile ids do not match full/partial entries or exceed {n_partial} bitmaps")
+    return owner // n_lists, owner % n_lists, other, tile
+
+
+def _tile_extent(length: int, block: int, index: np.ndarray) -> np.ndarray:
+    return np.minimum(block, length - index * block)
+
+
+def _count_visible(plan: Plan, m: np.ndarray, n: np.ndarray, tile: np.ndarray) -> int:
+    rows = _tile_extent(plan.q_len, plan.block_m, m)
+    cols = _tile_extent(plan.kv_len, plan.block_n, n)
+    full = tile < 0
+    total = int(np.sum(rows[full] * cols[full]))
+    if np.any(~full):
+        bits = _bitmap_bits(plan)  # [P, BM, BN]
+        for r, c, t in zip(rows[~full], cols[~full], tile[~full]):
+            total += int(bits[t, :r, :c].sum())
+    return total
+
+
+def _bitmap_bits(plan: Plan) -> np.ndarray:
+    """Unpack the partial bitmaps to booleans ``[P, block_m, block_n]``."""
+    words = np.ascontiguousarray(plan.arrays["bitmaps"], dtype="<u4")
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    return bits.reshape(words.shape[0], plan.block_m, plan.block_n).astype(bool)
+
+
+def decode_mask(plan: Plan) -> np.ndarray:
+    """Rebuild the dense mask ``[batch, heads, q_len, kv_len]`` from the plan's row lists."""
+    out = np.zeros((plan.slices, plan.tiles_m * plan.block_m, plan.tiles_n * plan.block_n), dtype=bool)
+    bits = _bitmap_bits(plan)
+    ptr, full = plan.arrays["row_ptr"], plan.arrays["row_full"]
+    cols, tiles = plan.arrays["row_col"], plan.arrays["row_tile"]
+    bm, bn = plan.block_m, plan.block_n
+    for i in range(plan.slices * plan.tiles_m):
+        s, m = divmod(i, plan.tiles_m)
+        for e in range(ptr[i], ptr[i + 1]):
+            n, t = cols[e], tiles[e]
+            out[s, m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = True if t < 0 else bits[t]
+    return out[:, : plan.q_len, : plan.kv_len].reshape(plan.batch, plan.heads, plan.q_len, plan.kv_len)
