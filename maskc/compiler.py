@@ -26,6 +26,8 @@ def parse_block(block: Any) -> tuple[int, int]:
     if isinstance(block, str):
         parts = block.lower().split("x")
         try:
+            if len(parts) > 2:
+                raise ValueError
             block = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
         except ValueError:
             raise MaskError(f"block size {block!r} is not of the form 128x128") from None

@@ -7,6 +7,7 @@ rows from a formula, so a mask larger than memory still compiles.
 
 from __future__ import annotations
 
+import mmap
 import os
 import zipfile
 from pathlib import Path
@@ -86,7 +87,7 @@ def check_binary(block: np.ndarray, where: str) -> np.ndarray:
         raise MaskError(f"{where}: mask holds NaN; a mask may hold only 0 and 1 (or True/False)")
     ok = (block == 0) | (block == 1)
     if not ok.all():
-        bad = block[~ok].flat[0]
+        bad = block[~ok].flat[0].item()
         raise MaskError(f"{where}: mask holds the value {bad!r}; a mask may hold only 0 and 1 (or True/False)")
     return block.astype(bool)
 
@@ -102,7 +103,16 @@ class ArraySource(MaskSource):
         self._array = array.reshape(self.shape)
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        return check_binary(np.asarray(self._array[b, h, start:stop]), self.name)
+        block = check_binary(np.array(self._array[b, h, start:stop]), self.name)
+        _release_pages(self._array)
+        return block
+
+
+def _release_pages(array: np.ndarray) -> None:
+    """Let the kernel drop the file pages of a memory-mapped mask already read, so memory stays bounded."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class SparseSource(MaskSource):

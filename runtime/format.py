@@ -38,6 +38,8 @@ ARRAY_SPECS: dict[str, tuple[str, int]] = {
 }
 META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class PlanError(ValueError):
@@ -111,6 +113,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; a plan is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -125,8 +128,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 
 def encode(plan: Plan) -> bytes:
-    """Serialise a plan; byte-identical output for identical plans (map keys are sorted)."""
+    """Serialise a validated plan; byte-identical output for identical plans (map keys are sorted)."""
     validate(plan)
+    return _pack(plan)
+
+
+def _pack(plan: Plan) -> bytes:
     arrays = {}
     for name in sorted(plan.arrays):
         dtype, _ = ARRAY_SPECS[name]
@@ -308,29 +315,48 @@ def _count_visible(plan: Plan, m: np.ndarray, n: np.ndarray, tile: np.ndarray) -
     full = tile < 0
     total = int(np.sum(rows[full] * cols[full]))
     if np.any(~full):
-        bits = _bitmap_bits(plan)  # [P, BM, BN]
+        bits = bitmap_bits(plan)  # [P, BM, BN]
         for r, c, t in zip(rows[~full], cols[~full], tile[~full]):
             total += int(bits[t, :r, :c].sum())
     return total
 
 
-def _bitmap_bits(plan: Plan) -> np.ndarray:
+def bitmap_bits(plan: Plan) -> np.ndarray:
     """Unpack the partial bitmaps to booleans ``[P, block_m, block_n]``."""
     words = np.ascontiguousarray(plan.arrays["bitmaps"], dtype="<u4")
     bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
     return bits.reshape(words.shape[0], plan.block_m, plan.block_n).astype(bool)
 
 
+def tile_row(plan: Plan, s: int, m: int, bits: np.ndarray | None = None) -> np.ndarray:
+    """The mask rows of query tile row ``m`` of slice ``s``: bools ``[rows in the tile, kv_len]``."""
+    bits = bitmap_bits(plan) if bits is None else bits
+    bm, bn = plan.block_m, plan.block_n
+    out = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
+    row = s * plan.tiles_m + m
+    ptr = plan.arrays["row_ptr"]
+    for e in range(ptr[row], ptr[row + 1]):
+        n, t = plan.arrays["row_col"][e], plan.arrays["row_tile"][e]
+        out[:, n * bn:(n + 1) * bn] = True if t < 0 else bits[t]
+    return out[: min(bm, plan.q_len - m * bm), : plan.kv_len]
+
+
+def tile_map(plan: Plan, s: int = 0) -> np.ndarray:
+    """Tile classes of slice ``s`` as int8 ``[tiles_m, tiles_n]``: 0 empty, 1 full, 2 partial."""
+    out = np.zeros((plan.tiles_m, plan.tiles_n), dtype=np.int8)
+    ptr = plan.arrays["row_ptr"]
+    lo, hi = ptr[s * plan.tiles_m], ptr[(s + 1) * plan.tiles_m]
+    counts = np.diff(ptr[s * plan.tiles_m:(s + 1) * plan.tiles_m + 1])
+    m = np.repeat(np.arange(plan.tiles_m), counts)
+    out[m, plan.arrays["row_col"][lo:hi]] = np.where(plan.arrays["row_tile"][lo:hi] < 0, 1, 2)
+    return out
+
+
 def decode_mask(plan: Plan) -> np.ndarray:
     """Rebuild the dense mask ``[batch, heads, q_len, kv_len]`` from the plan's row lists."""
-    out = np.zeros((plan.slices, plan.tiles_m * plan.block_m, plan.tiles_n * plan.block_n), dtype=bool)
-    bits = _bitmap_bits(plan)
-    ptr, full = plan.arrays["row_ptr"], plan.arrays["row_full"]
-    cols, tiles = plan.arrays["row_col"], plan.arrays["row_tile"]
-    bm, bn = plan.block_m, plan.block_n
-    for i in range(plan.slices * plan.tiles_m):
-        s, m = divmod(i, plan.tiles_m)
-        for e in range(ptr[i], ptr[i + 1]):
-            n, t = cols[e], tiles[e]
-            out[s, m * bm:(m + 1) * bm, n * bn:(n + 1) * bn] = True if t < 0 else bits[t]
-    return out[:, : plan.q_len, : plan.kv_len].reshape(plan.batch, plan.heads, plan.q_len, plan.kv_len)
+    bits = bitmap_bits(plan)
+    out = np.empty((plan.slices, plan.q_len, plan.kv_len), dtype=bool)
+    for s in range(plan.slices):
+        for m in range(plan.tiles_m):
+            out[s, m * plan.block_m:(m + 1) * plan.block_m] = tile_row(plan, s, m, bits)
+    return out.reshape(plan.batch, plan.heads, plan.q_len, plan.kv_len)

@@ -1,0 +1,28 @@
+"""Check that a plan reproduces a mask bit for bit, one tile row at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from maskc.runtime.format import Plan, bitmap_bits, tile_row
+from maskc.sources import open_mask
+
+
+def first_difference(plan: Plan, mask: Any) -> str | None:
+    """None when ``plan`` stands for exactly ``mask``; otherwise where the first difference is."""
+    source = open_mask(mask)
+    if source.shape != (plan.batch, plan.heads, plan.q_len, plan.kv_len):
+        return f"mask shape {list(source.shape)} differs from the plan's {[plan.batch, plan.heads, plan.q_len, plan.kv_len]}"
+    bits = bitmap_bits(plan)
+    for s in range(plan.slices):
+        b, h = divmod(s, plan.heads)
+        for m in range(plan.tiles_m):
+            start = m * plan.block_m
+            expected = source.rows(b, h, start, min(start + plan.block_m, plan.q_len))
+            got = tile_row(plan, s, m, bits)
+            if not np.array_equal(expected, got):
+                i, j = map(int, np.argwhere(expected != got)[0])
+                return f"batch {b}, head {h}, query {start + i}, key {j}: mask has {bool(expected[i, j])}, plan has {bool(got[i, j])}"
+    return None

@@ -1,0 +1,140 @@
+"""``load_plan`` and the attention call: everything a training step touches.
+
+A plan is decoded and validated once, moved to a device once, and each call only checks shapes and
+launches the backend, forward and backward (through autograd). Nothing is analysed per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from maskc.runtime import format as plan_format
+from maskc.runtime import reference
+from maskc.runtime.device import DevicePlan
+from maskc.runtime.format import Plan, PlanError
+
+BACKENDS = ("auto", "triton", "reference")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, dplan, scale, backend):
+        o, lse = backend.forward(q, k, v, dplan, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.dplan, ctx.scale, ctx.backend = dplan, scale, backend
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.backend.backward(do.contiguous(), q, k, v, o, lse, ctx.dplan, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+class LoadedPlan:
+    """A validated plan, ready to run: its lists are moved to each device once and kept there."""
+
+    def __init__(self, plan: Plan, device: torch.device | str | None = None):
+        self.plan = plan
+        self._on: dict[torch.device, DevicePlan] = {}
+        if device is not None:
+            self.on(torch.device(device))
+
+    def on(self, device: torch.device) -> DevicePlan:
+        """The plan's tensors on ``device``, moved there the first time only."""
+        device = _canonical(device)
+        if device not in self._on:
+            self._on[device] = DevicePlan.from_plan(self.plan, device)
+        return self._on[device]
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, backend: str = "auto"
+    ) -> torch.Tensor:
+        """Masked attention ``softmax(q kᵀ · scale + mask) v`` for ``[B, H, N, D]`` tensors, with autograd.
+
+        ``k``/``v`` may have fewer heads than ``q`` (GQA/MQA: ``Hq`` a multiple of ``Hkv``). ``scale``
+        defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference
+        backend elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give zeros.
+        """
+        self._check(q, k, v)
+        impl = _backend(backend, q)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return _Attention.apply(q, k, v, self.on(q.device), scale, impl)
+
+    __call__ = attention
+
+    def _check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        p = self.plan
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise ValueError(f"{name} must be a 4-D tensor [B, H, N, D], got {_describe(t)}")
+        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES + (torch.float64,):
+            raise ValueError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+        if not (q.device == k.device == v.device):
+            raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+        (b, hq, nq, d), (bk, hkv, nk, dk) = q.shape, k.shape
+        if k.shape != v.shape:
+            raise ValueError(f"k {list(k.shape)} and v {list(v.shape)} must have the same shape")
+        if bk != b or dk != d or hkv == 0 or hq % hkv:
+            raise ValueError(f"q {list(q.shape)} and k/v {list(k.shape)} disagree: batch and head dim must match and q heads must be a multiple of kv heads")
+        if (nq, nk) != (p.q_len, p.kv_len):
+            raise ValueError(f"q/k lengths {nq}x{nk} do not match the plan's mask {p.q_len}x{p.kv_len}")
+        if p.batch not in (1, b):
+            raise ValueError(f"q batch {b} does not match the plan's mask batch {p.batch} (it must be 1 or {b})")
+        if p.heads not in (1, hq):
+            raise ValueError(f"q heads {hq} do not match the plan's mask heads {p.heads} (it must be 1 or {hq})")
+
+    def __repr__(self) -> str:
+        p = self.plan
+        return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant})"
+
+
+def load_plan(source: str | os.PathLike | bytes | Plan, device: torch.device | str | None = None) -> LoadedPlan:
+    """Load and validate a plan from a path, bytes or a Plan; with ``device``, move it there now."""
+    if isinstance(source, Plan):
+        plan_format.validate(source)
+        plan = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        plan = plan_format.decode(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        plan = plan_format.load(Path(source))
+    else:
+        raise PlanError(f"load_plan takes a path, bytes or a Plan, not {type(source).__name__}")
+    return LoadedPlan(plan, device)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: LoadedPlan | Plan | str | os.PathLike | bytes, scale: float | None = None, backend: str = "auto"
+) -> torch.Tensor:
+    """Functional form of :meth:`LoadedPlan.attention`; pass a LoadedPlan to avoid reloading."""
+    loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
+    return loaded.attention(q, k, v, scale=scale, backend=backend)
+
+
+def _backend(name: str, q: torch.Tensor):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = "triton" if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+    if name == "reference":
+        return reference
+    from maskc.runtime import kernels
+
+    if q.dtype == torch.float64:
+        raise ValueError("the triton backend takes float16, bfloat16 or float32; use backend='reference' for float64")
+    return kernels
+
+
+def _canonical(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _describe(t) -> str:
+    return f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__

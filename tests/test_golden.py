@@ -1,0 +1,29 @@
+"""Golden plans of every released format version still load and decode to exactly their masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskc import library
+from maskc.compiler import mask_sha256
+from maskc.runtime.format import load
+
+GOLDEN = Path(__file__).resolve().parent.parent / "plans" / "golden"
+MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text())
+
+
+def test_there_are_golden_plans():
+    assert len(MANIFEST) >= 5
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
+def test_golden_plan_decodes_to_its_mask(entry):
+    plan = load(GOLDEN / entry["file"])
+    source = getattr(library, entry["kind"])(**entry["args"])
+    assert [plan.block_m, plan.block_n] == entry["block"]
+    assert plan.mask_sha256 == entry["mask_sha256"] == mask_sha256(source)
+    assert np.array_equal(plan.to_mask(), source.to_dense())
