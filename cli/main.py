@@ -1,0 +1,238 @@
+"""The ``maskc`` command: thin wrappers over the compiler and the runtime.
+
+User errors (a missing file, a malformed mask, a corrupted plan, a bad option) print one
+``Error: ...`` line and exit with status 2; nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from maskc import __version__
+from maskc.cli.errors import UserError
+from maskc.cli.mask_cmd import mask
+from maskc.errors import MaskError
+from maskc.runtime.format import Plan, PlanError, load
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line user errors, and click's usage errors into one line too."""
+
+    def main(self, *args, **kwargs):
+        if kwargs.pop("standalone_mode", True) is False:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (MaskError, PlanError) as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="maskc")
+def cli() -> None:
+    """maskc: compile attention masks into execution plans that skip what is masked."""
+
+
+@cli.command("compile")
+@click.argument("mask", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the plan.")
+@click.option("--block", default="128x128", show_default=True, help="Tile size BLOCK_MxBLOCK_N; each side 32, 64 or 128.")
+@click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse a plan compiled before for the same mask and options.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def compile_cmd(mask: Path, output: Path, block: str, cache: bool, quiet: bool) -> None:
+    """Compile MASK (.npy dense or .npz scipy.sparse) into a plan file."""
+    from maskc.cache import PlanCache
+    from maskc.compiler import compile as compile_mask
+    from maskc.compiler import parse_block
+    from maskc.sources import open_mask
+
+    source = open_mask(mask)
+    bm_bn = parse_block(block)
+    if output.parent and not output.parent.is_dir():
+        raise UserError(f"output directory does not exist: {output.parent}")
+    with _progress(not quiet, "compiling") as progress:
+        if cache:
+            plan, hit = PlanCache().compile(source, block=bm_bn, progress=progress)
+        else:
+            plan, hit = compile_mask(source, block=bm_bn, progress=progress), False
+    plan.save(output)
+    if not quiet:
+        c = plan.tile_counts()
+        size = output.stat().st_size
+        click.echo(
+            f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {c['tiles_full']} full + {c['tiles_partial']} partial "
+            f"of {c['tiles_total']} tiles ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
+            f"{_bytes(size)}{' (from cache)' if hit else ''}"
+        )
+
+
+@cli.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (a stable contract for scripts).")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Draw the tile map to this PNG file.")
+def inspect(plan_path: Path, as_json: bool, png: Path | None) -> None:
+    """Summarise a plan: shape, density, tile counts, size, variant."""
+    plan = load(plan_path)
+    info = summary(plan, plan_path.stat().st_size)
+    if png is not None:
+        from maskc.cli.tilemap import draw_tile_map
+
+        draw_tile_map(plan, png)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    click.echo(_human(plan_path, info))
+    if png is not None:
+        click.echo(f"tile map    {png}")
+
+
+@cli.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("mask", type=click.Path(dir_okay=False, path_type=Path))
+def verify(plan_path: Path, mask: Path) -> None:
+    """Exit 0 only if PLAN reproduces MASK bit for bit."""
+    from maskc.verify import first_difference
+
+    plan = load(plan_path)
+    diff = first_difference(plan, mask)
+    if diff is not None:
+        click.echo(f"MISMATCH: {diff}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {plan_path} reproduces {mask} ({plan.visible_pairs} visible pairs)")
+
+
+@cli.group(cls=_Group)
+def cache() -> None:
+    """The plan cache ($MASKC_CACHE_DIR, default ~/.cache/maskc/plans)."""
+
+
+@cache.command("ls")
+def cache_ls() -> None:
+    """List cached plans: key, size, mask shape."""
+    from maskc.cache import PlanCache
+
+    c = PlanCache()
+    for e in c.entries():
+        try:
+            p = load(e.path)
+            what = f"{p.batch}x{p.heads}x{p.q_len}x{p.kv_len} block {p.block_m}x{p.block_n}"
+        except PlanError:
+            what = "unreadable (dropped on next use)"
+        click.echo(f"{e.key[:16]}  {_bytes(e.bytes):>9}  {what}")
+
+
+@cache.command("stats")
+def cache_stats() -> None:
+    """Number of cached plans, their total size and the cache directory."""
+    from maskc.cache import PlanCache
+
+    c = PlanCache()
+    entries = c.entries()
+    click.echo(f"{len(entries)} plans, {_bytes(sum(e.bytes for e in entries))} in {c.directory}")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Remove every cached plan."""
+    from maskc.cache import PlanCache
+
+    c = PlanCache()
+    click.echo(f"removed {c.clear()} plans from {c.directory}")
+
+
+def summary(plan: Plan, plan_bytes: int) -> dict:
+    """The facts ``maskc inspect --json`` promises scripts, derived from a validated plan."""
+    counts = plan.tile_counts()
+    total_pairs = plan.slices * plan.q_len * plan.kv_len
+    return {
+        "q_len": plan.q_len,
+        "kv_len": plan.kv_len,
+        "batch": plan.batch,
+        "heads": plan.heads,
+        "block_m": plan.block_m,
+        "block_n": plan.block_n,
+        "visible_pairs": plan.visible_pairs,
+        "density": plan.visible_pairs / total_pairs,
+        **counts,
+        "work_fraction": (counts["tiles_full"] + counts["tiles_partial"]) / counts["tiles_total"],
+        "plan_bytes": plan_bytes,
+        "variant": plan.variant,
+        "reordered": False,
+        "mask_sha256": plan.mask_sha256,
+    }
+
+
+def _human(path: Path, i: dict) -> str:
+    return "\n".join(
+        [
+            f"plan        {path} ({_bytes(i['plan_bytes'])})",
+            f"mask        batch {i['batch']} x heads {i['heads']} x {i['q_len']} queries x {i['kv_len']} keys",
+            f"visible     {i['visible_pairs']:,} pairs ({i['density']:.2%} of the mask)",
+            f"tiles       {i['block_m']}x{i['block_n']}: {i['tiles_total']:,} total, {i['tiles_empty']:,} empty, "
+            f"{i['tiles_full']:,} full, {i['tiles_partial']:,} partial ({i['partial_distinct']:,} distinct)",
+            f"work left   {i['work_fraction']:.2%} of the dense tiles are visited",
+            f"variant     {i['variant']}{', reordered' if i['reordered'] else ''}",
+            f"mask hash   {i['mask_sha256']}",
+        ]
+    )
+
+
+class _progress:
+    """A click progress bar on a terminal, fed by the compiler's (done, total) callback; silent otherwise."""
+
+    def __init__(self, enabled: bool, label: str):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = label
+        self.bar = None
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr).__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "0%"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+cli.add_command(mask)
+
+
+def main() -> None:
+    cli(prog_name="maskc")

@@ -1,0 +1,143 @@
+"""The maskc command: compile, inspect, verify, cache, and one-line errors with status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from maskc.cli.main import cli
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKC_CACHE_DIR", str(tmp_path / "cache"))
+    return CliRunner()
+
+
+@pytest.fixture
+def mask_file(tmp_path, rng):
+    path = tmp_path / "m.npy"
+    mask = np.tril(np.ones((300, 300), dtype=bool))
+    mask[:, :20] |= rng.random((300, 20)) < 0.5
+    np.save(path, mask)
+    return path
+
+
+def compile_ok(runner, mask_file, plan, *extra):
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(plan), *extra])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def assert_user_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_compile_inspect_verify(runner, mask_file, tmp_path):
+    plan = tmp_path / "m.plan"
+    out = compile_ok(runner, mask_file, plan, "--block", "64x64").output
+    assert "300x300" in out and "partial" in out
+    info = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json"]).output)
+    for key in ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs", "tiles_empty", "tiles_full",
+                "tiles_partial", "partial_distinct", "plan_bytes", "variant", "reordered"):
+        assert key in info
+    mask = np.load(mask_file)
+    assert (info["q_len"], info["block_m"], info["visible_pairs"]) == (300, 64, int(mask.sum()))
+    assert info["plan_bytes"] == plan.stat().st_size and info["variant"] == "block_sparse" and info["reordered"] is False
+    assert info["tiles_empty"] + info["tiles_full"] + info["tiles_partial"] == 25
+    human = runner.invoke(cli, ["inspect", str(plan)]).output
+    assert "visible" in human and "tiles" in human
+    assert runner.invoke(cli, ["verify", str(plan), str(mask_file)]).exit_code == 0
+
+
+def test_verify_reports_a_mismatch(runner, mask_file, tmp_path):
+    plan = tmp_path / "m.plan"
+    compile_ok(runner, mask_file, plan)
+    other = np.load(mask_file)
+    other[123, 45] = not other[123, 45]
+    np.save(tmp_path / "other.npy", other)
+    result = runner.invoke(cli, ["verify", str(plan), str(tmp_path / "other.npy")])
+    assert result.exit_code == 1 and "query 123, key 45" in result.output
+
+
+def test_quiet_and_cache(runner, mask_file, tmp_path):
+    assert compile_ok(runner, mask_file, tmp_path / "a.plan", "--quiet").output == ""
+    assert "(from cache)" in compile_ok(runner, mask_file, tmp_path / "b.plan").output
+    assert "(from cache)" not in compile_ok(runner, mask_file, tmp_path / "c.plan", "--no-cache").output
+    assert (tmp_path / "a.plan").read_bytes() == (tmp_path / "b.plan").read_bytes() == (tmp_path / "c.plan").read_bytes()
+    assert "1 plans" in runner.invoke(cli, ["cache", "stats"]).output
+    assert "300x300" in runner.invoke(cli, ["cache", "ls"]).output
+    assert "removed 1" in runner.invoke(cli, ["cache", "clear"]).output
+
+
+def test_png_tile_map(runner, mask_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    plan, png = tmp_path / "m.plan", tmp_path / "m.png"
+    compile_ok(runner, mask_file, plan, "--block", "32x32")
+    result = runner.invoke(cli, ["inspect", str(plan), "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_png_without_matplotlib(runner, mask_file, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    plan = tmp_path / "m.plan"
+    compile_ok(runner, mask_file, plan)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert_user_error(runner.invoke(cli, ["inspect", str(plan), "--png", str(tmp_path / "x.png")]), "pip install 'maskc[viz]'")
+
+
+@pytest.mark.parametrize(
+    "make, args, fragment",
+    [
+        (None, ["compile", "{tmp}/missing.npy", "-o", "{tmp}/p"], "not found"),
+        (lambda t: np.save(t / "m.npy", np.ones(7, dtype=bool)), ["compile", "{tmp}/m.npy", "-o", "{tmp}/p"], "dimensions"),
+        (lambda t: np.save(t / "m.npy", np.full((4, 4), 3)), ["compile", "{tmp}/m.npy", "-o", "{tmp}/p"], "value 3"),
+        (lambda t: np.save(t / "m.npy", np.array([[np.nan, 1.0]])), ["compile", "{tmp}/m.npy", "-o", "{tmp}/p"], "NaN"),
+        (lambda t: np.save(t / "m.npy", np.ones((4, 4), dtype=bool)), ["compile", "{tmp}/m.npy", "-o", "{tmp}/p", "--block", "100x100"], "block size"),
+        (lambda t: np.save(t / "m.npy", np.ones((4, 4), dtype=bool)), ["compile", "{tmp}/m.npy", "-o", "{tmp}/nodir/p"], "does not exist"),
+        (lambda t: (t / "p").write_bytes(b"garbage"), ["inspect", "{tmp}/p"], "not a maskc plan"),
+        (None, ["inspect", "{tmp}/missing.plan"], "not found"),
+        (lambda t: (t / "p").write_bytes(b"garbage"), ["verify", "{tmp}/p", "{tmp}/p"], "not a maskc plan"),
+        (None, ["compile", "{tmp}/m.npy"], "Missing option"),
+        (None, ["mask", "causal", "-o", "{tmp}/m.npy"], "-n"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(runner, tmp_path, make, args, fragment):
+    if make is not None:
+        make(tmp_path)
+    assert_user_error(runner.invoke(cli, [a.format(tmp=tmp_path) for a in args]), fragment)
+
+
+def test_truncated_plan_is_a_user_error(runner, mask_file, tmp_path):
+    plan = tmp_path / "m.plan"
+    compile_ok(runner, mask_file, plan)
+    plan.write_bytes(plan.read_bytes()[:-3])
+    assert_user_error(runner.invoke(cli, ["inspect", str(plan)]), "checksum")
+
+
+def test_interrupted_compile_leaves_no_file(runner, mask_file, tmp_path, monkeypatch):
+    import maskc.runtime.format as fmt
+
+    def boom(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fmt.os, "fsync", boom)
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--no-cache"])
+    assert result.exit_code != 0
+    assert not (tmp_path / "m.plan").exists() and not list(tmp_path.glob(".m.plan*"))
