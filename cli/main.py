@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from maskc import __version__
+from maskc.cli.bench_cmd import bench
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
 from maskc.errors import MaskError
@@ -232,6 +233,7 @@ def _bytes(n: int) -> str:
 
 
 cli.add_command(mask)
+cli.add_command(bench)
 
 
 def main() -> None:

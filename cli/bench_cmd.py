@@ -1,0 +1,94 @@
+"""``maskc bench``: time maskc against FlexAttention, SDPA with a mask and dense causal attention.
+
+torch is imported only when the command runs, so ``import maskc.cli.main`` stays light. The
+benchmark itself (mask set, timing, the float64 error check) is :mod:`maskc.bench`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from maskc.bench import DEFAULT_MASKS, DTYPES, EXTRA_MASKS, BenchConfig, BenchError, parse_masks
+from maskc.errors import MaskError
+
+
+class BenchUsageError(click.ClickException):
+    exit_code = 2
+
+
+@click.command("bench")
+@click.option("--masks", default=",".join(DEFAULT_MASKS),
+              help=f"Comma-separated benchmark masks.  [default: {', '.join(DEFAULT_MASKS)}; also available: {', '.join(EXTRA_MASKS)}]")
+@click.option("-n", "ns", type=int, multiple=True, help="Sequence length N; repeat for several.  [default: 8192 and 32768]")
+@click.option("--heads", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--head-dim", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bf16", show_default=True)
+@click.option("--block", default="128x128", show_default=True, help="maskc tile size BLOCK_MxBLOCK_N.")
+@click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu (tiny sizes: the reference backend, no FlexAttention).")
+@click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
+              help="maskc backend: auto = Triton on CUDA (or under TRITON_INTERPRET=1), reference elsewhere.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every result and the environment here (rewritten after each row).")
+@click.option("--flex/--no-flex", default=True, show_default=True, help="Time FlexAttention (CUDA only).")
+@click.option("--sdpa/--no-sdpa", default=True, show_default=True, help="Time SDPA with the dense boolean mask.")
+@click.option("--dense-causal/--no-dense-causal", default=True, show_default=True, help="The dense causal SDPA reference row per N.")
+@click.option("--backward/--no-backward", default=True, show_default=True, help="Also time forward+backward.")
+@click.option("--rows-for-error", type=click.IntRange(min=1), default=256, show_default=True, help="Query rows checked against the float64 reference.")
+@click.option("--warmup", "warmup_ms", type=click.FloatRange(min=0), default=50.0, show_default=True, help="Warm-up time per measurement, ms (do_bench warmup).")
+@click.option("--rep", "rep_ms", type=click.FloatRange(min=1), default=200.0, show_default=True, help="Timed repetitions per measurement, ms (do_bench rep).")
+@click.option("--sdpa-max-mask-gib", type=click.FloatRange(min=0), default=8.0, show_default=True, help="Skip methods that need the dense mask above this size.")
+@click.option("--flex-block", type=int, default=128, show_default=True, help="FlexAttention BLOCK_SIZE for create_block_mask.")
+@click.option("--flex-tree", type=click.Choice(["dense", "interval"]), default="dense", show_default=True,
+              help="FlexAttention mask_mod for token_tree/medusa: dense-mask lookup, or the closed-form preorder-interval test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of q/k/v and of the random masks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+def bench(ns, quiet, json_path, **options) -> None:
+    """Benchmark maskc against FlexAttention, SDPA with a boolean mask and dense causal attention.
+
+    One process, one device. Prints a table (one row per mask x N x method) on stdout and
+    progress on stderr; --json keeps everything, with the GPU, versions, date and command line.
+    """
+    try:
+        options["masks"] = parse_masks(options["masks"])
+        from maskc.compiler import parse_block
+
+        parse_block(options["block"])
+    except MaskError as e:
+        raise BenchUsageError(str(e)) from None
+    if any(n < 1 for n in ns):
+        raise BenchUsageError(f"-n must be positive, got {min(ns)}")
+    if json_path is not None and not json_path.parent.is_dir():
+        raise BenchUsageError(f"--json: directory does not exist: {json_path.parent}")
+    cfg = BenchConfig(ns=list(ns) or [8192, 32768], **options)
+
+    from maskc.bench import format_table, run_bench  # imports torch
+
+    def progress(line: str) -> None:
+        if not quiet:
+            click.echo(line, err=True)
+
+    command = _command_line(sys.argv)
+    try:
+        result = run_bench(cfg, progress=progress, command=command, json_path=json_path)
+    except (BenchError, MaskError) as e:
+        raise BenchUsageError(str(e)) from None
+    click.echo(format_table(result))
+    if json_path is not None:
+        click.echo(f"wrote {json_path}", err=True)
+
+
+def _command_line(argv: list[str]) -> str:
+    """The command line as typed: ``maskc bench ...`` or ``python -m maskc.cli.bench_cmd ...``."""
+    if len(argv) > 1 and argv[1] == "bench":
+        return shlex.join(["maskc", "bench", *argv[2:]])
+    if argv and Path(argv[0]).name == "bench_cmd.py":
+        return shlex.join(["python", "-m", "maskc.cli.bench_cmd", *argv[1:]])
+    return shlex.join(argv)
+
+
+if __name__ == "__main__":
+    bench(prog_name="maskc bench")

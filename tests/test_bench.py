@@ -1,0 +1,166 @@
+"""``maskc bench`` on CPU at a tiny size: the result structure, the errors, the CLI, the mask set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from maskc import bench  # noqa: E402
+from maskc.cli.bench_cmd import bench as bench_cli  # noqa: E402
+
+TINY = dict(ns=[128], heads=2, head_dim=32, batch=1, dtype="fp32", device="cpu", backend="reference",
+            flex=False, warmup_ms=1.0, rep_ms=3.0, rows_for_error=32)
+
+ROW_KEYS = {"mask", "n", "method", "fwd_ms", "fwd_tflops", "fwd_bwd_ms", "fwd_bwd_tflops", "rel_err", "notes", "detail"}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    lines: list[str] = []
+    cfg = bench.BenchConfig(masks=["causal", "documents"], **TINY)
+    res = bench.run_bench(cfg, progress=lines.append, command="test", json_path=path)
+    return res, json.loads(path.read_text()), lines
+
+
+def test_rows_cover_every_mask_and_method(result):
+    res, _, _ = result
+    got = [(r["mask"], r["n"], r["method"]) for r in res["results"]]
+    assert got == [("causal", 128, "dense-causal"), ("causal", 128, "maskc"), ("causal", 128, "sdpa-mask"),
+                   ("documents", 128, "maskc"), ("documents", 128, "sdpa-mask")]
+    for r in res["results"]:
+        assert set(r) == ROW_KEYS
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0, r
+        assert r["fwd_tflops"] > 0 and r["fwd_bwd_tflops"] > 0
+        assert r["rel_err"] < 1e-5, r  # fp32 against the float64 reference
+        assert "failed" not in r["notes"]
+
+
+def test_flops_follow_visible_pairs(result):
+    res, _, _ = result
+    maskc_causal = next(r for r in res["results"] if r["mask"] == "causal" and r["method"] == "maskc")
+    pairs = 128 * 129 // 2
+    assert maskc_causal["detail"]["visible_pairs"] == pairs
+    flops = 4 * pairs * 32 * 2
+    assert maskc_causal["fwd_tflops"] == pytest.approx(flops / (maskc_causal["fwd_ms"] * 1e-3) / 1e12)
+    assert maskc_causal["fwd_bwd_tflops"] == pytest.approx(bench.FWD_BWD_FLOP_FACTOR * flops / (maskc_causal["fwd_bwd_ms"] * 1e-3) / 1e12)
+
+
+def test_json_has_environment_config_and_cases(result):
+    res, on_disk, lines = result
+    assert on_disk["schema"] == bench.SCHEMA
+    assert on_disk["results"] == json.loads(json.dumps(res["results"]))
+    env = on_disk["environment"]
+    for key in ("date", "command", "torch", "triton", "cuda", "gpu", "python", "maskc"):
+        assert key in env
+    assert env["command"] == "test"
+    assert on_disk["config"]["masks"] == ["causal", "documents"] and on_disk["config"]["ns"] == [128]
+    docs = next(c for c in on_disk["cases"] if c["mask"] == "documents")
+    assert sum(docs["params"]["lengths"]) == 128 and docs["visible_pairs"] > 0 and docs["compile_s"] >= 0
+    assert len(lines) == len(res["results"]) + len(res["cases"])  # one line per row, one per compiled mask
+    assert all(line.startswith("[") or line.startswith("  ") for line in lines)
+    table = bench.format_table(res)
+    assert "dense-causal" in table and "documents" in table and "fwd+bwd TFLOP/s" in table
+
+
+def test_a_failing_method_is_recorded_not_raised():
+    cfg = bench.BenchConfig(**TINY)
+    inputs = bench._Inputs(cfg, 128, torch.device("cpu"))
+    row = bench.Row("causal", 128, "broken")
+
+    def boom(q, k, v):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    def works(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    bench.measure(row, [("first", boom), ("second", works)], inputs, cfg, "cpu", 1e6)
+    assert row.fwd_ms is not None and row.fwd_bwd_ms is not None
+    assert any("first failed: OutOfMemoryError: CUDA out of memory" in n for n in row.notes)
+    assert "backend: second" in row.notes
+
+
+def test_mask_set_parameters_are_recorded():
+    n = 8192
+    for name in bench.DEFAULT_MASKS:
+        case = bench.build_mask(name, n)
+        assert case.source.shape == (1, 1, n, n) and case.params["n"] == n and case.description
+    assert bench.build_mask("medusa", n).params["tree_nodes"] == 2048
+    assert bench.build_mask("prefix_lm", n).params["prefix"] == n // 4
+    assert bench.document_lengths(n) == bench.build_mask("documents", n).params["lengths"]
+    lengths = bench.document_lengths(n)
+    assert sum(lengths) == n and all(100 <= x <= 700 for x in lengths[:-1])
+    with pytest.raises(bench.MaskError, match="unknown benchmark mask"):
+        bench.parse_masks("causal,nope")
+    assert bench.parse_masks("sliding-window, token_tree") == ["sliding_window", "token_tree"]
+
+
+@pytest.mark.parametrize("name", bench.DEFAULT_MASKS + bench.EXTRA_MASKS)
+def test_flex_mask_mods_match_the_library_masks(name):
+    """Every FlexAttention mask_mod, closed-form or dense lookup, gives exactly the library's mask."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    n = 640
+    case = bench.build_mask(name, n)
+    dense = torch.from_numpy(case.source.to_dense()[0, 0])
+    for tree in ("dense", "interval"):
+        mod, kind = bench.flex_mask_mod(case, "cpu", dense, tree)
+        assert kind.startswith("closed-form") or kind == "dense lookup"
+        assert torch.equal(create_mask(mod, 1, 1, n, n, device="cpu")[0, 0], dense), (name, kind)
+    expected = "dense lookup" if name == "bigbird" or (name in ("medusa", "token_tree")) else "closed-form"
+    assert bench.flex_mask_mod(case, "cpu", dense)[1] == expected
+
+
+def test_reference_rows_match_a_dense_float64_softmax():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, 96, 16, generator=gen) for _ in range(3))
+    source = bench.build_mask("documents", 96).source
+    rows = bench.error_rows(96, 10)
+    got = bench.reference_rows(q, k, v, rows, bench.mask_rows(source, rows), 0.25)
+    keep = torch.from_numpy(source.to_dense()[0, 0])
+    s = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~keep, -float("inf"))
+    want = (torch.softmax(s, -1) @ v.double())[:, :, torch.as_tensor(rows)]
+    assert torch.allclose(got, want, atol=1e-12)
+    spread = bench.error_rows(1000, 3)
+    assert len(spread) == 3 and spread[0] == 0 and spread[-1] == 999
+    assert np.array_equal(bench.error_rows(5, 256), np.arange(5))
+
+
+def test_cli_runs_on_cpu_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--device", "cpu", "-n", "128", "--heads", "2", "--head-dim", "32", "--dtype", "fp32", "--masks", "causal",
+            "--backend", "reference", "--no-sdpa", "--no-backward", "--warmup", "1", "--rep", "3", "--rows-for-error", "16",
+            "--json", str(out)]
+    res = CliRunner().invoke(bench_cli, args)
+    assert res.exit_code == 0, res.output
+    assert "maskc" in res.stdout and "dense-causal" in res.stdout
+    data = json.loads(out.read_text())
+    methods = [r["method"] for r in data["results"]]
+    assert methods == ["dense-causal", "maskc", "flex"]
+    flex = data["results"][2]
+    assert flex["fwd_ms"] is None and "skipped" in flex["notes"] and "CUDA" in flex["notes"]
+    assert data["results"][1]["fwd_bwd_ms"] is None and data["results"][1]["rel_err"] < 1e-5
+    assert data["config"]["backward"] is False
+
+
+def test_cli_rejects_bad_options():
+    runner = CliRunner()
+    res = runner.invoke(bench_cli, ["--device", "cpu", "-n", "128", "--masks", "causal,bogus"])
+    assert res.exit_code == 2 and "unknown benchmark mask 'bogus'" in res.output
+    res = runner.invoke(bench_cli, ["--device", "cpu", "-n", "128", "--block", "100x100"])
+    assert res.exit_code == 2 and "block size" in res.output
+
+
+def test_cli_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, maskc.cli.bench_cmd; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == "False"
