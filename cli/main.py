@@ -6,18 +6,20 @@ User errors (a missing file, a malformed mask, a corrupted plan, a bad option) p
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from maskc import __version__
 from maskc.cli.bench_cmd import bench
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan, PlanError, load
+from maskc.runtime.format import Plan, PlanError, atomic_write, load
 
 
 class _Group(click.Group):
@@ -58,24 +60,37 @@ def cli() -> None:
 @click.argument("mask", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the plan.")
 @click.option("--block", default="128x128", show_default=True, help="Tile size BLOCK_MxBLOCK_N; each side 32, 64 or 128.")
+@click.option("--variant", type=click.Choice(["auto", "intervals", "block_sparse"]), default="auto", show_default=True,
+              help="How partial tiles are masked: bitmaps, per-column row intervals (masks that fit), or auto.")
+@click.option("--flashmask", type=click.Choice(["causal", "bidirectional"]),
+              help="MASK is a FlashMask startend_row_indices .npy ([B, H, Nk, 1|2|4]) with this causal flag.")
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse a plan compiled before for the same mask and options.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def compile_cmd(mask: Path, output: Path, block: str, cache: bool, quiet: bool) -> None:
-    """Compile MASK (.npy dense or .npz scipy.sparse) into a plan file."""
+def compile_cmd(mask: Path, output: Path, block: str, variant: str, flashmask: str | None, cache: bool, quiet: bool) -> None:
+    """Compile MASK into a plan file.
+
+    MASK is a dense .npy, a scipy.sparse .npz, or a .json mask spec such as
+    {"kind": "documents", "lengths": [4096, 1000], "causal": true} (see the README).
+    """
     from maskc.cache import PlanCache
     from maskc.compiler import compile as compile_mask
     from maskc.compiler import parse_block
     from maskc.sources import open_mask
 
-    source = open_mask(mask)
+    if flashmask is not None:
+        from maskc.flashmask import load_startend_row_indices
+
+        source = load_startend_row_indices(mask, causal=flashmask == "causal")
+    else:
+        source = open_mask(mask)
     bm_bn = parse_block(block)
     if output.parent and not output.parent.is_dir():
         raise UserError(f"output directory does not exist: {output.parent}")
     with _progress(not quiet, "compiling") as progress:
         if cache:
-            plan, hit = PlanCache().compile(source, block=bm_bn, progress=progress)
+            plan, hit = PlanCache().compile(source, block=bm_bn, progress=progress, variant=variant)
         else:
-            plan, hit = compile_mask(source, block=bm_bn, progress=progress), False
+            plan, hit = compile_mask(source, block=bm_bn, progress=progress, variant=variant), False
     plan.save(output)
     if not quiet:
         c = plan.tile_counts()
@@ -83,7 +98,7 @@ def compile_cmd(mask: Path, output: Path, block: str, cache: bool, quiet: bool) 
         click.echo(
             f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {c['tiles_full']} full + {c['tiles_partial']} partial "
             f"of {c['tiles_total']} tiles ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
-            f"{_bytes(size)}{' (from cache)' if hit else ''}"
+            f"{plan.variant}, {_bytes(size)}{' (from cache)' if hit else ''}"
         )
 
 
@@ -122,6 +137,32 @@ def verify(plan_path: Path, mask: Path) -> None:
     click.echo(f"ok: {plan_path} reproduces {mask} ({plan.visible_pairs} visible pairs)")
 
 
+@cli.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--flashmask", "to_flashmask", is_flag=True, help="Write FlashMask's startend_row_indices (int32 [B, H, Nk, C]) as .npy.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
+def export(plan_path: Path, to_flashmask: bool, output: Path) -> None:
+    """Write PLAN's mask in another library's form (so far: --flashmask).
+
+    The FlashMask form takes the fewest values per key column that hold the mask (causal 1 or 2,
+    else bidirectional 2 or 4) and reports the causal flag to pass to flashmask_attention. A
+    block-sparse plan exports only if its mask fits the column-interval form.
+    """
+    if not to_flashmask:
+        raise UserError("choose the form to export: --flashmask (FlashMask's startend_row_indices)")
+    if output.suffix.lower() != ".npy":
+        raise UserError(f"--output must be a .npy file, got {output}")
+    if output.parent and not output.parent.is_dir():
+        raise UserError(f"output directory does not exist: {output.parent}")
+    from maskc.flashmask import to_startend_row_indices
+
+    array, causal = to_startend_row_indices(load(plan_path))
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write(output, buffer.getvalue())
+    click.echo(f"wrote {output}: FlashMask startend_row_indices {list(array.shape)} int32; call flashmask_attention(..., causal={causal})")
+
+
 @cli.group(cls=_Group)
 def cache() -> None:
     """The plan cache ($MASKC_CACHE_DIR, default ~/.cache/maskc/plans)."""
@@ -136,7 +177,7 @@ def cache_ls() -> None:
     for e in c.entries():
         try:
             p = load(e.path)
-            what = f"{p.batch}x{p.heads}x{p.q_len}x{p.kv_len} block {p.block_m}x{p.block_n}"
+            what = f"{p.batch}x{p.heads}x{p.q_len}x{p.kv_len} block {p.block_m}x{p.block_n} {p.variant}"
         except PlanError:
             what = "unreadable (dropped on next use)"
         click.echo(f"{e.key[:16]}  {_bytes(e.bytes):>9}  {what}")
@@ -180,6 +221,7 @@ def summary(plan: Plan, plan_bytes: int) -> dict:
         "variant": plan.variant,
         "reordered": False,
         "mask_sha256": plan.mask_sha256,
+        "hash_of": plan.hash_of,
     }
 
 
@@ -193,7 +235,7 @@ def _human(path: Path, i: dict) -> str:
             f"{i['tiles_full']:,} full, {i['tiles_partial']:,} partial ({i['partial_distinct']:,} distinct)",
             f"work left   {i['work_fraction']:.2%} of the dense tiles are visited",
             f"variant     {i['variant']}{', reordered' if i['reordered'] else ''}",
-            f"mask hash   {i['mask_sha256']}",
+            f"mask hash   {i['mask_sha256']} (of its {i['hash_of']})",
         ]
     )
 

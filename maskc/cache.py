@@ -1,7 +1,8 @@
 """The plan cache: the same mask with the same options is compiled once, then read back.
 
-Entries are plan files named by a key over the mask's canonical hash, the compile options and the
-plan format version. Writes go through a temporary file and a rename, so processes that compile
+Entries are plan files named by a key over the mask's canonical hash (of its interval vectors when
+it fits that form, so a spec and a dense file of the same mask share an entry; of its bits
+otherwise), the compile options and the plan format version. Writes go through a temporary file and a rename, so processes that compile
 the same mask at once all leave one valid file; an entry that fails to load is dropped and rebuilt.
 """
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskc.compiler import Progress, compile, mask_sha256, parse_block
-from maskc.runtime.format import VERSION, Plan, PlanError, atomic_write, load
+from maskc.compiler import Progress, check_variant, compile, fingerprint, parse_block
+from maskc.runtime.format import VERSION, Plan, PlanError, load
 from maskc.sources import open_mask
 
 SUFFIX = ".plan"
@@ -27,9 +28,10 @@ def default_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "maskc" / "plans"
 
 
-def cache_key(mask_hash: str, block: tuple[int, int]) -> str:
-    """The entry name for a mask hash and its compile options, under this plan format version."""
-    blob = json.dumps({"mask": mask_hash, "block": list(block), "format": VERSION}, sort_keys=True)
+def cache_key(mask_hash: str, block: tuple[int, int], variant: str = "auto", hash_of: str = "bits") -> str:
+    """The entry name for a mask hash (of its ``hash_of``) and its compile options, under this plan
+    format version."""
+    blob = json.dumps({"mask": mask_hash, "hash_of": hash_of, "block": list(block), "variant": variant, "format": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -67,15 +69,17 @@ class PlanCache:
         plan.save(path)
         return path
 
-    def compile(self, mask: Any, block: Any = (128, 128), progress: Progress | None = None) -> tuple[Plan, bool]:
+    def compile(self, mask: Any, block: Any = (128, 128), progress: Progress | None = None, variant: str = "auto") -> tuple[Plan, bool]:
         """The plan for ``mask`` and whether it came from the cache; compiled and stored on a miss."""
         source = open_mask(mask)
         bm_bn = parse_block(block)
-        key = cache_key(mask_sha256(source), bm_bn)
+        variant = check_variant(variant)
+        mask_hash, hash_of = fingerprint(source, variant)
+        key = cache_key(mask_hash, bm_bn, variant, hash_of)
         plan = self.get(key)
         if plan is not None:
             return plan, True
-        plan = compile(source, block=bm_bn, progress=progress)
+        plan = compile(source, block=bm_bn, progress=progress, variant=variant)
         self.put(key, plan)
         return plan, False
 
@@ -108,6 +112,7 @@ def compile_cached(
     block: Any = (128, 128),
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    variant: str = "auto",
 ) -> Plan:
     """Like :func:`maskc.compile`, but served from the plan cache when this mask was compiled before."""
-    return PlanCache(cache_dir).compile(mask, block=block, progress=progress)[0]
+    return PlanCache(cache_dir).compile(mask, block=block, progress=progress, variant=variant)[0]

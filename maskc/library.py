@@ -5,6 +5,14 @@ Every kind is a function that validates its arguments and returns a :class:`Mask
 the requested rows only. Per-token tables (document starts, bucket ids, tree intervals) are O(n);
 nothing is ever O(n × n) beyond the rows asked for, so a 131072-token library mask compiles in
 bounded memory. ``True`` means the query (row) may attend the key (column).
+
+Kinds whose key columns each mask at most two runs of query rows also give those runs directly
+(:meth:`~MaskSource.intervals`, O(n)), so the compiler builds their interval plans without reading
+a single row: causal, full, sliding window, documents, prefix LM, shared question, causal
+blockwise, Longformer with its global tokens in a leading and/or trailing run, token trees
+numbered in depth-first preorder, and stacks, unions and intersections of those where the result
+still fits. BigBird and hash buckets scatter their keys and never fit; other trees and global
+tokens may or may not, and the compiler decides from their rows.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from maskc import intervals as iv_form
 from maskc.errors import MaskError
+from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import MaskSource
 
 
@@ -84,6 +94,14 @@ def _segment_starts(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(starts, lengths), np.repeat(ends, lengths)
 
 
+def _upper_lower(upper_end: np.ndarray, lower_start: np.ndarray, q_len: int) -> np.ndarray:
+    """Interval vectors ``[1, 4, kv]`` masking rows ``[0, upper_end)`` and ``[lower_start, q_len)`` of each column."""
+    out = np.empty((1, 4, upper_end.size), dtype=np.int64)
+    out[0, UTS], out[0, UTE] = 0, upper_end
+    out[0, LTS], out[0, LTE] = lower_start, q_len
+    return out
+
+
 # --- sources -------------------------------------------------------------------------------------
 
 
@@ -117,17 +135,24 @@ def _check_rows(source: MaskSource, b: int, h: int, start: int, stop: int) -> No
 
 
 class Causal(FormulaSource):
-    """Rows of :func:`causal`."""
+    """Rows of :func:`causal`; key ``j`` is masked for queries ``[0, j)``."""
 
     def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         return k <= q
 
+    def intervals(self) -> np.ndarray:
+        j = np.arange(self.kv_len)
+        return _upper_lower(j, np.full_like(j, self.q_len), self.q_len)
+
 
 class Full(FormulaSource):
-    """Rows of :func:`full`."""
+    """Rows of :func:`full`; nothing is masked."""
 
     def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         return np.ones((q.shape[0], k.shape[1]), dtype=bool)
+
+    def intervals(self) -> np.ndarray:
+        return _upper_lower(np.zeros(self.kv_len, dtype=np.int64), np.full(self.kv_len, self.q_len), self.q_len)
 
 
 class SlidingWindow(FormulaSource):
@@ -141,6 +166,12 @@ class SlidingWindow(FormulaSource):
         if self.causal:
             return (k <= q) & (k > q - self.window)
         return (k > q - self.window) & (k < q + self.window)
+
+    def intervals(self) -> np.ndarray:
+        """Key ``j`` is seen by queries ``[j, j + window)`` (causal) or ``(j - window, j + window)``."""
+        j = np.arange(self.kv_len)
+        first = j if self.causal else np.maximum(j - self.window + 1, 0)
+        return _upper_lower(first, np.minimum(j + self.window, self.q_len), self.q_len)
 
 
 class Segments(FormulaSource):
@@ -156,6 +187,13 @@ class Segments(FormulaSource):
         own = (k >= self.starts[q]) & ((k <= q) if self.causal else (k < self.ends[q]))
         return own | ((k < self.shared) & (k <= q)) if self.shared else own
 
+    def intervals(self) -> np.ndarray:
+        """Key ``j`` is seen by its segment's queries from ``j`` (causal) or the segment start, up to
+        the segment end; a shared key by every query from ``j`` on."""
+        j = np.arange(self.kv_len)
+        end = np.where(j < self.shared, self.q_len, self.ends)
+        return _upper_lower(j if self.causal else self.starts, end, self.q_len)
+
 
 class PrefixLM(FormulaSource):
     """Rows of :func:`prefix_lm`."""
@@ -166,6 +204,30 @@ class PrefixLM(FormulaSource):
 
     def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         return (k <= q) | (k < self.prefix)
+
+    def intervals(self) -> np.ndarray:
+        """A prefix key is seen by every query; key ``j`` after it by queries ``[j, n)``."""
+        j = np.arange(self.kv_len)
+        return _upper_lower(np.where(j < self.prefix, 0, j), np.full_like(j, self.q_len), self.q_len)
+
+
+class CausalBlockwise(FormulaSource):
+    """Rows of :func:`causal_blockwise`."""
+
+    def __init__(self, name: str, n: int, block: int):
+        super().__init__(name, n)
+        self.block = block
+
+    def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return k // self.block <= q // self.block
+
+    def intervals(self) -> np.ndarray:
+        """Key ``j`` is seen by every query from the start of its block on."""
+        j = np.arange(self.kv_len)
+        return _upper_lower(j // self.block * self.block, np.full_like(j, self.q_len), self.q_len)
+
+
+MAX_GLOBAL_RUNS = 16  # more runs of global tokens than this essentially never fit: the rows decide
 
 
 class Longformer(FormulaSource):
@@ -180,6 +242,30 @@ class Longformer(FormulaSource):
         visible = local | self.is_global[q] | self.is_global[k]
         return visible & (k <= q) if self.causal else visible
 
+    def intervals(self) -> np.ndarray | None:
+        """Key ``j`` is seen by its window's queries and by every global query (all queries if
+        ``j`` is global), from ``j`` on when causal. Its masked rows are the gaps between those
+        runs; they fit two intervals when the global tokens form a leading and/or a trailing run
+        (FlashMask's global + sliding window), and in general only then, so None otherwise."""
+        n, window = self.q_len, self.window
+        flags = np.concatenate([[False], self.is_global, [False]])
+        edges = np.flatnonzero(flags[1:] != flags[:-1])
+        g_starts, g_ends = edges[0::2], edges[1::2]
+        if g_starts.size > MAX_GLOBAL_RUNS:
+            return None
+        j = np.arange(n)
+        lowest = j if self.causal else np.zeros_like(j)
+        starts = np.empty((n, 1 + g_starts.size), dtype=np.int64)
+        ends = np.empty_like(starts)
+        starts[:, 0] = np.maximum(j - window + 1, lowest)
+        ends[:, 0] = np.minimum(j + window, n)
+        starts[self.is_global, 0], ends[self.is_global, 0] = lowest[self.is_global], n
+        starts[:, 1:] = np.maximum(g_starts[None, :], lowest[:, None])
+        ends[:, 1:] = g_ends[None, :]
+        masked = iv_form.complement_runs(*iv_form.merge_runs(starts, ends, n), n)
+        vectors = iv_form.canonical_from_runs(*masked, n)
+        return None if vectors is None else vectors[None]
+
 
 class BigBird(Longformer):
     """Rows of :func:`bigbird`: Longformer's window and globals plus, per query block, a table of random key blocks."""
@@ -190,6 +276,10 @@ class BigBird(Longformer):
 
     def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         return super().formula(q, k) | self._random(q[:, 0] // self.block, k.shape[1])
+
+    def intervals(self) -> None:
+        """None: the random key blocks scatter each column's visible rows (the rows decide)."""
+        return None
 
     def _random(self, q_blocks: np.ndarray, kv_len: int) -> np.ndarray:
         """The random key blocks of the rows' query blocks, expanded to keys (C order, for speed)."""
@@ -215,6 +305,14 @@ class TokenTree(FormulaSource):
 
     def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         return (self.tin[k] <= self.tin[q]) & (self.tin[q] < self.tout[k])
+
+    def intervals(self) -> np.ndarray | None:
+        """Key ``j`` is seen by its subtree. When the nodes are numbered in depth-first preorder
+        (``tin`` is the identity), every subtree is the run ``[j, tout_j)`` and the mask fits;
+        otherwise some subtree is scattered, and whether the mask still fits is left to the rows."""
+        if not np.array_equal(self.tin, np.arange(self.tin.size)):
+            return None
+        return _upper_lower(np.arange(self.kv_len), self.tout, self.q_len)
 
 
 def _preorder_intervals(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,6 +363,41 @@ class Stack(MaskSource):
         _check_rows(self, b, h, start, stop)
         return self.sources[h if self.dim == "heads" else b].rows(0, 0, start, stop)
 
+    def intervals(self) -> np.ndarray | None:
+        """Slice ``s`` is source ``s``: their vectors stacked, when every source has them."""
+        parts = [source.intervals() for source in self.sources]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+
+class Combination(MaskSource):
+    """The element-wise OR (:func:`union`) or AND (:func:`intersection`) of masks of one
+    ``[q_len, kv_len]``, broadcast over batch and heads."""
+
+    def __init__(self, op: str, sources: list[MaskSource], shape: tuple[int, int, int, int]):
+        self.op, self.sources, self.shape = op, sources, shape
+        self.name = f"{op}({', '.join(s.name for s in sources)})"
+
+    def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
+        _check_rows(self, b, h, start, stop)
+        reduce = np.logical_or if self.op == "union" else np.logical_and
+        out = None
+        for source in self.sources:
+            block = source.rows(b if source.batch > 1 else 0, h if source.heads > 1 else 0, start, stop)
+            out = block.copy() if out is None else reduce(out, block, out=out)
+        return out
+
+    def intervals(self) -> np.ndarray | None:
+        """From the operands' vectors, when all have them and the result still fits two intervals."""
+        parts = []
+        b, h = np.divmod(np.arange(self.batch * self.heads), self.heads)
+        for source in self.sources:
+            vectors = source.intervals()
+            if vectors is None:
+                return None
+            parts.append(np.asarray(vectors)[np.where(source.batch > 1, b, 0) * source.heads + np.where(source.heads > 1, h, 0)])
+        combine = iv_form.union if self.op == "union" else iv_form.intersection
+        return combine(parts, self.q_len)
+
 
 # --- the kinds -----------------------------------------------------------------------------------
 
@@ -311,6 +444,14 @@ def prefix_lm(n: int, prefix: int) -> MaskSource:
     if prefix > n:
         raise MaskError(f"prefix_lm: prefix ({prefix}) must not exceed n ({n})")
     return PrefixLM(f"prefix_lm(n={n}, prefix={prefix})", n, prefix)
+
+
+def causal_blockwise(n: int, block: int) -> MaskSource:
+    """Block-causal attention: the sequence is cut into blocks of ``block`` tokens (the last may be
+    shorter); a query sees every key of the earlier blocks and of its own block, bidirectionally."""
+    n = _int(n, "n", "causal_blockwise", 1)
+    block = _int(block, "block", "causal_blockwise", 1)
+    return CausalBlockwise(f"causal_blockwise(n={n}, block={block})", n, block)
 
 
 def longformer(n: int, window: int, global_tokens: Sequence[int] = (), causal: bool = False) -> MaskSource:
@@ -437,6 +578,34 @@ def stack(sources: Sequence[MaskSource], dim: str = "heads") -> MaskSource:
         if source.shape != sources[0].shape:
             raise MaskError(f"stack: sources[{i}] ({source.name}) has shape {list(source.shape[2:])}, but sources[0] has {list(sources[0].shape[2:])}")
     return Stack(sources, dim)
+
+
+def _combine(op: str, sources: Sequence[MaskSource]) -> MaskSource:
+    sources = list(sources)
+    if len(sources) < 2:
+        raise MaskError(f"{op}: give at least two mask sources, got {len(sources)}")
+    for i, source in enumerate(sources):
+        if not isinstance(source, MaskSource):
+            raise MaskError(f"{op}: sources[{i}] is a {type(source).__name__}, not a MaskSource")
+        if source.shape[2:] != sources[0].shape[2:]:
+            raise MaskError(f"{op}: sources[{i}] ({source.name}) is {list(source.shape[2:])}, but sources[0] is {list(sources[0].shape[2:])}")
+    batch, heads = max(s.batch for s in sources), max(s.heads for s in sources)
+    for i, source in enumerate(sources):
+        if source.batch not in (1, batch) or source.heads not in (1, heads):
+            raise MaskError(f"{op}: sources[{i}] ({source.name}) has batch and heads {list(source.shape[:2])}, which do not broadcast to {[batch, heads]}")
+    return Combination(op, sources, (batch, heads, *sources[0].shape[2:]))
+
+
+def union(*sources: MaskSource) -> MaskSource:
+    """A pair is visible where it is visible in any of ``sources`` (same ``[q_len, kv_len]``; batch
+    and heads of 1 broadcast), e.g. a sliding window plus a few global columns."""
+    return _combine("union", sources)
+
+
+def intersection(*sources: MaskSource) -> MaskSource:
+    """A pair is visible where it is visible in every one of ``sources`` (shapes as for
+    :func:`union`), e.g. packed documents restricted to a sliding window."""
+    return _combine("intersection", sources)
 
 
 KINDS: dict[str, Callable[..., MaskSource]] = {

@@ -2,7 +2,10 @@
 
 The compiler never asks for the whole mask. A dense ``.npy`` is memory-mapped and checked block by
 block, a sparse ``.npz`` is sliced by rows without densifying, and the built-in library computes its
-rows from a formula, so a mask larger than memory still compiles.
+rows from a formula, so a mask larger than memory still compiles. Structured sources also give
+their column intervals directly (:meth:`MaskSource.intervals`), in O(kv_len), so a long-context
+mask compiles without ever producing its rows. A JSON spec (``.json`` path or a dict) names a
+library mask by its parameters (:mod:`maskc.spec`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from maskc.errors import MaskError
+from maskc.runtime.format import Plan, bitmap_bits, tile_row
+from maskc.runtime.intervals import visible_rows
 
 Shape4 = tuple[int, int, int, int]
 
@@ -33,6 +38,17 @@ class MaskSource:
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of slice ``(b, h)`` as a bool array ``[stop - start, kv_len]``."""
         raise NotImplementedError
+
+    def intervals(self) -> np.ndarray | None:
+        """The mask in interval form, straight from its structure, or None when it has no such form.
+
+        An int array ``[batch * heads, 4, kv_len]``: for slice ``s`` and key column ``j``, the masked
+        query rows are ``[LTS, LTE) ∪ [UTS, UTE)`` with LTS, LTE, UTS, UTE = ``[s, 0..3, j]`` and
+        ``0 <= start <= end <= q_len`` (any such pair; the compiler makes them canonical). Sources
+        implement it only where it costs O(kv_len) per slice and is exact; None (the default) makes
+        the compiler read the rows and detect the form itself.
+        """
+        return None
 
     @property
     def batch(self) -> int:
@@ -115,6 +131,40 @@ def _release_pages(array: np.ndarray) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
+class IntervalSource(MaskSource):
+    """A mask given by its interval vectors ``[batch * heads, 4, kv_len]``; rows are rebuilt from them."""
+
+    def __init__(self, intervals: np.ndarray, shape: Shape4, name: str):
+        self.name, self.shape = name, shape
+        self._intervals = np.ascontiguousarray(intervals, dtype=np.int64)
+
+    def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
+        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
+            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        return visible_rows(self._intervals[b * self.heads + h], start, stop)
+
+    def intervals(self) -> np.ndarray:
+        return self._intervals
+
+
+class PlanSource(MaskSource):
+    """The mask a compiled plan stands for, read back one tile row at a time (no dense copy)."""
+
+    def __init__(self, plan: Plan, name: str = "plan"):
+        self.plan, self.name = plan, name
+        self.shape = (plan.batch, plan.heads, plan.q_len, plan.kv_len)
+        self._bits = bitmap_bits(plan)
+
+    def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
+        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
+            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        bm = self.plan.block_m
+        first, last = start // bm, -(-stop // bm)
+        tile_rows = [tile_row(self.plan, b * self.heads + h, m, self._bits) for m in range(first, last)]
+        block = np.concatenate(tile_rows) if tile_rows else np.zeros((0, self.kv_len), dtype=bool)
+        return block[start - first * bm : stop - first * bm]
+
+
 class SparseSource(MaskSource):
     """A 2-D ``scipy.sparse`` matrix whose stored non-zeros are the visible pairs."""
 
@@ -133,9 +183,14 @@ class SparseSource(MaskSource):
 
 
 def open_mask(mask: Any) -> MaskSource:
-    """Turn a path (``.npy``, ``.npz``), an array, a tensor or a MaskSource into a MaskSource."""
+    """Turn a path (``.npy``, ``.npz``, ``.json`` spec), a spec dict, an array, a tensor or a
+    MaskSource into a MaskSource."""
     if isinstance(mask, MaskSource):
         return mask
+    if isinstance(mask, dict):
+        from maskc.spec import from_spec
+
+        return from_spec(mask)
     if isinstance(mask, (str, os.PathLike)):
         return _open_path(Path(mask))
     if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):
@@ -160,7 +215,11 @@ def _open_path(path: Path) -> MaskSource:
         return ArraySource(array, name=str(path))
     if suffix == ".npz":
         return _open_npz(path)
-    raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense) or .npz (scipy.sparse)")
+    if suffix == ".json":
+        from maskc.spec import load_spec
+
+        return load_spec(path)
+    raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense), .npz (scipy.sparse) or .json (a mask spec)")
 
 
 def _open_npz(path: Path) -> MaskSource:

@@ -18,9 +18,17 @@ class DevicePlan:
     Slice ``s = b * heads + h`` (mask batch and heads; 1 where the mask broadcasts). Query tile row
     ``m`` of slice ``s`` visits entries ``row_ptr[s * tiles_m + m] : row_ptr[s * tiles_m + m + 1]``
     of ``row_col``/``row_tile``; the first ``row_full[...]`` of them are full tiles (tile id -1), the
-    rest partial tiles whose bits are ``bitmaps[tile]``: ``[block_m, block_n // 32]`` int32 words,
-    bit ``j % 32`` of word ``j // 32`` of row ``i`` is mask[i, j] (LSB first). The column lists are
-    the same for key tiles, for the dK/dV pass.
+    rest partial tiles. The column lists are the same for key tiles, for the dK/dV pass.
+
+    How a partial tile is masked depends on ``variant``:
+
+    - ``"block_sparse"``: its bits are ``bitmaps[tile]``, ``[block_m, block_n // 32]`` int32 words;
+      bit ``j % 32`` of word ``j // 32`` of row ``i`` is mask[i, j] (LSB first). ``intervals`` is
+      empty, ``[0, 4, kv_len]``.
+    - ``"intervals"``: its tile id is -2 and ``bitmaps`` is empty, ``[0, block_m, block_n // 32]``.
+      ``intervals`` is int32 ``[batch * heads, 4, kv_len]``: for slice ``s`` and key ``j``, query
+      ``i`` is masked iff ``LTS <= i < LTE`` or ``UTS <= i < UTE``, where LTS, LTE, UTS, UTE are
+      ``intervals[s, 0..3, j]``.
     """
 
     q_len: int
@@ -38,6 +46,8 @@ class DevicePlan:
     col_row: torch.Tensor
     col_tile: torch.Tensor
     bitmaps: torch.Tensor
+    intervals: torch.Tensor
+    variant: str
 
     @property
     def tiles_m(self) -> int:
@@ -52,6 +62,7 @@ class DevicePlan:
         device = torch.device(device) if device is not None else torch.device("cpu")
         tensors = {name: torch.from_numpy(plan.arrays[name].astype("<i4")).to(device) for name in _INDEX_ARRAYS}
         bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
+        intervals = torch.from_numpy(plan.arrays["intervals"].astype("<i4")).to(device)
         return cls(
             q_len=plan.q_len,
             kv_len=plan.kv_len,
@@ -60,6 +71,8 @@ class DevicePlan:
             block_m=plan.block_m,
             block_n=plan.block_n,
             bitmaps=bitmaps,
+            intervals=intervals,
+            variant=plan.variant,
             **tensors,
         )
 

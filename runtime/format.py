@@ -4,6 +4,11 @@ A plan file is safe to load from a stranger: a fixed preamble (magic, version, S
 followed by one msgpack map of plain values and raw little-endian arrays. Every index is checked
 here, before anything reaches a kernel, so a corrupted or hostile file raises :class:`PlanError`
 and never causes an out-of-bounds access. ``plans/FORMAT.md`` is the byte-level specification.
+
+Version 2 adds the interval variant: a plan whose partial tiles are rebuilt from per-column row
+intervals instead of bitmaps. Its row and column lists follow from the intervals, so writers leave
+them out of the file and readers derive them (``maskc.runtime.intervals``); version 1 files, which
+are all block-sparse, still load.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from maskc.runtime import intervals as iv_form
+from maskc.runtime.intervals import FULL_TILE, LIST_ARRAYS
+
 MAGIC = b"MASKCPLN"
-VERSION = 1
+VERSION = 2
 _PREAMBLE = struct.Struct("<8sI32s")  # magic, format version, sha256(body)
 MAX_DIM = 2**31 - 1  # kernels index with int32 offsets
-VARIANTS = ("block_sparse",)
+VARIANTS = ("block_sparse", "intervals")
+HASH_OF = ("bits", "intervals")  # what meta.mask_sha256 was computed over
 
 # name -> (dtype, number of dimensions); every plan carries all of them.
 ARRAY_SPECS: dict[str, tuple[str, int]] = {
@@ -35,7 +44,9 @@ ARRAY_SPECS: dict[str, tuple[str, int]] = {
     "col_row": ("<i4", 1),
     "col_tile": ("<i4", 1),
     "bitmaps": ("<u4", 3),
+    "intervals": ("<i4", 3),
 }
+V1_ARRAYS = tuple(name for name in ARRAY_SPECS if name != "intervals")
 META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 _UMASK = os.umask(0)
@@ -48,12 +59,16 @@ class PlanError(ValueError):
 
 @dataclass
 class Plan:
-    """An execution plan: the mask's tiles as row and column lists plus distinct partial bitmaps.
+    """An execution plan: the mask's tiles as row and column lists, plus how to mask partial tiles.
 
     ``batch`` and ``heads`` are the mask's own (1 where it broadcasts). Slice ``s = b * heads + h``
     owns rows ``s * tiles_m + m`` of ``row_ptr``/``row_full`` and columns ``s * tiles_n + n`` of
     ``col_ptr``/``col_full``. Within a row, the first ``row_full`` entries are full tiles
-    (``row_tile == -1``); the rest are partial tiles indexing ``bitmaps``.
+    (``row_tile == -1``); the rest are partial tiles. A ``"block_sparse"`` plan masks them with
+    ``bitmaps[row_tile]``; an ``"intervals"`` plan (partial tile id -2) with the rows of
+    ``intervals[s]``, whose four rows LTS, LTE, UTS, UTE give each key column's masked query rows
+    ``[LTS, LTE) ∪ [UTS, UTE)``. ``hash_of`` says whether ``mask_sha256`` hashes the mask's bits or
+    its canonical interval vectors.
     """
 
     q_len: int
@@ -66,6 +81,7 @@ class Plan:
     mask_sha256: str
     arrays: dict[str, np.ndarray]
     variant: str = "block_sparse"
+    hash_of: str = "bits"
     options: dict = field(default_factory=dict)
 
     @property
@@ -85,7 +101,8 @@ class Plan:
         return self.block_n // 32
 
     def tile_counts(self) -> dict[str, int]:
-        """Empty, full and partial tile counts over all mask slices, and distinct partial bitmaps."""
+        """Empty, full and partial tile counts over all mask slices, and distinct partial bitmaps
+        (0 for an interval plan, which stores none)."""
         full = int(self.arrays["row_full"].sum(dtype=np.int64))
         visited = int(self.arrays["row_col"].shape[0])
         total = self.slices * self.tiles_m * self.tiles_n
@@ -138,12 +155,15 @@ def _pack(plan: Plan) -> bytes:
     for name in sorted(plan.arrays):
         dtype, _ = ARRAY_SPECS[name]
         a = np.ascontiguousarray(plan.arrays[name], dtype=np.dtype(dtype))
+        if plan.variant == "intervals" and name in LIST_ARRAYS:
+            a = a[:0]  # derived from the intervals by every reader: not stored
         arrays[name] = {"dtype": dtype, "shape": list(a.shape), "data": a.tobytes()}
     body = {
         "meta": {
             **{k: int(getattr(plan, k)) for k in META_INTS},
             "mask_sha256": plan.mask_sha256,
             "variant": plan.variant,
+            "hash_of": plan.hash_of,
         },
         "options": plan.options,
         "arrays": arrays,
@@ -170,8 +190,11 @@ def decode(data: bytes) -> Plan:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise PlanError(f"plan body is not valid msgpack: {e}") from None
-    plan = _plan_from_body(body)
-    validate(plan)
+    plan = _plan_from_body(body, version)
+    if plan.variant == "intervals" and plan.arrays["row_ptr"].size == 0:
+        _derive_lists(plan)
+    else:
+        validate(plan)
     return plan
 
 
@@ -208,14 +231,17 @@ def _field(mapping, key, kind, where):
     return value
 
 
-def _plan_from_body(body) -> Plan:
+def _plan_from_body(body, version: int) -> Plan:
     if not isinstance(body, dict):
         raise PlanError("plan body must be a map")
     meta = _field(body, "meta", dict, "")
     ints = {k: _field(meta, k, int, "meta.") for k in META_INTS}
+    hash_of = _field(meta, "hash_of", str, "meta.") if version >= 2 else "bits"
     raw_arrays = _field(body, "arrays", dict, "")
+    names = ARRAY_SPECS if version >= 2 else V1_ARRAYS
     arrays = {}
-    for name, (dtype, ndim) in ARRAY_SPECS.items():
+    for name in names:
+        dtype, ndim = ARRAY_SPECS[name]
         spec = _field(raw_arrays, name, dict, "arrays.")
         where = f"arrays.{name}."
         if _field(spec, "dtype", str, where) != dtype:
@@ -228,9 +254,11 @@ def _plan_from_body(body) -> Plan:
         if len(buf) != int(np.prod(shape, dtype=np.int64)) * itemsize:
             raise PlanError(f"plan array {name}: {len(buf)} bytes do not match shape {shape}")
         arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    extra = set(raw_arrays) - set(ARRAY_SPECS)
+    extra = set(raw_arrays) - set(names)
     if extra:
         raise PlanError(f"plan has unknown arrays {sorted(extra)}")
+    if version < 2:  # version 1 plans are all block-sparse: they carry no interval vectors
+        arrays["intervals"] = np.zeros((0, 4, max(ints["kv_len"], 0)), dtype="<i4")
     options = body.get("options", {})
     if not isinstance(options, dict):
         raise PlanError("plan field options must be a map")
@@ -238,6 +266,7 @@ def _plan_from_body(body) -> Plan:
         **ints,
         mask_sha256=_field(meta, "mask_sha256", str, "meta."),
         variant=_field(meta, "variant", str, "meta."),
+        hash_of=hash_of,
         arrays=arrays,
         options=options,
     )
@@ -245,26 +274,15 @@ def _plan_from_body(body) -> Plan:
 
 def validate(plan: Plan) -> None:
     """Check every dimension and index of a plan; raise PlanError naming the first fault."""
-    for k in ("q_len", "kv_len", "batch", "heads"):
-        v = getattr(plan, k)
-        if not 1 <= v <= MAX_DIM:
-            raise PlanError(f"plan {k}={v} is out of range [1, {MAX_DIM}]")
-    for k in ("block_m", "block_n"):
-        if getattr(plan, k) not in BLOCK_SIZES:
-            raise PlanError(f"plan {k}={getattr(plan, k)} is not one of {BLOCK_SIZES}")
-    if plan.block_n < 32:
-        raise PlanError(f"plan block_n={plan.block_n} must be at least 32 (one bitmap word)")
-    if plan.variant not in VARIANTS:
-        raise PlanError(f"plan variant {plan.variant!r} is not one of {VARIANTS}")
-    if len(plan.mask_sha256) != 64 or any(c not in "0123456789abcdef" for c in plan.mask_sha256):
-        raise PlanError("plan mask_sha256 is not a 64-digit lowercase hex string")
-    if set(plan.arrays) != set(ARRAY_SPECS):
-        raise PlanError(f"plan arrays {sorted(plan.arrays)} do not match {sorted(ARRAY_SPECS)}")
-    a = plan.arrays
-    bm = a["bitmaps"]
-    if bm.shape[1:] != (plan.block_m, plan.words_per_row):
-        raise PlanError(f"plan bitmaps shape {bm.shape} does not match tiles {plan.block_m}x{plan.block_n}")
-    n_partial = bm.shape[0]
+    _check_header(plan)
+    if plan.variant == "intervals":
+        expected = _interval_lists(plan)
+        for name in LIST_ARRAYS:
+            if not np.array_equal(plan.arrays[name], expected[name]):
+                raise PlanError(f"plan {name} is not what its intervals make: the lists must be exactly the tiles the intervals leave non-empty, full ones first")
+        _check_interval_pairs(plan)
+        return
+    n_partial = plan.arrays["bitmaps"].shape[0]
     rows = _check_lists(plan, "row", plan.tiles_m, plan.tiles_n, n_partial)
     cols = _check_lists(plan, "col", plan.tiles_n, plan.tiles_m, n_partial)
     # The column lists must be exactly the transpose of the row lists.
@@ -279,6 +297,65 @@ def validate(plan: Plan) -> None:
     pairs = _count_visible(plan, r_m, r_n, r_t)
     if pairs != plan.visible_pairs:
         raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its tiles hold {pairs}")
+
+
+def _check_header(plan: Plan) -> None:
+    """Dimensions, tile sizes, variant, hash, and the shapes of the bitmap and interval arrays."""
+    for k in ("q_len", "kv_len", "batch", "heads"):
+        v = getattr(plan, k)
+        if not 1 <= v <= MAX_DIM:
+            raise PlanError(f"plan {k}={v} is out of range [1, {MAX_DIM}]")
+    for k in ("block_m", "block_n"):
+        if getattr(plan, k) not in BLOCK_SIZES:
+            raise PlanError(f"plan {k}={getattr(plan, k)} is not one of {BLOCK_SIZES}")
+    if plan.block_n < 32:
+        raise PlanError(f"plan block_n={plan.block_n} must be at least 32 (one bitmap word)")
+    if plan.variant not in VARIANTS:
+        raise PlanError(f"plan variant {plan.variant!r} is not one of {VARIANTS}")
+    if plan.hash_of not in HASH_OF:
+        raise PlanError(f"plan hash_of {plan.hash_of!r} is not one of {HASH_OF}")
+    if len(plan.mask_sha256) != 64 or any(c not in "0123456789abcdef" for c in plan.mask_sha256):
+        raise PlanError("plan mask_sha256 is not a 64-digit lowercase hex string")
+    if set(plan.arrays) != set(ARRAY_SPECS):
+        raise PlanError(f"plan arrays {sorted(plan.arrays)} do not match {sorted(ARRAY_SPECS)}")
+    intervals = plan.variant == "intervals"
+    bm = plan.arrays["bitmaps"]
+    if bm.shape[1:] != (plan.block_m, plan.words_per_row) or (intervals and bm.shape[0] != 0):
+        expected = f"[{'0' if intervals else 'P'}, {plan.block_m}, {plan.words_per_row}]"
+        raise PlanError(f"plan bitmaps shape {list(bm.shape)} is not {expected} for a {plan.variant} plan of {plan.block_m}x{plan.block_n} tiles")
+    iv = plan.arrays["intervals"]
+    slices = plan.slices if intervals else 0
+    if iv.shape != (slices, 4, plan.kv_len):
+        raise PlanError(f"plan intervals shape {list(iv.shape)} is not [{slices}, 4, {plan.kv_len}] for a {plan.variant} plan")
+    if intervals and plan.tiles_m * plan.tiles_n > iv_form.MAX_TILES_PER_SLICE:
+        raise PlanError(f"plan has {plan.tiles_m}x{plan.tiles_n} tiles per slice; an interval plan may have at most {iv_form.MAX_TILES_PER_SLICE}")
+    if intervals:
+        ends_ok = (iv[:, 0::2] >= 0) & (iv[:, 0::2] <= iv[:, 1::2]) & (iv[:, 1::2] <= plan.q_len)
+        if not ends_ok.all():
+            s, pair, j = map(int, np.argwhere(~ends_ok)[0])
+            name = ("LTS/LTE", "UTS/UTE")[pair]
+            raise PlanError(f"plan intervals {name} of slice {s}, key {j} are {iv[s, 2 * pair, j]}/{iv[s, 2 * pair + 1, j]}; they must satisfy 0 <= start <= end <= q_len={plan.q_len}")
+
+
+def _interval_lists(plan: Plan) -> dict[str, np.ndarray]:
+    """The row and column lists an interval plan's (checked) vectors make."""
+    return iv_form.tile_lists(plan.arrays["intervals"], plan.q_len, plan.block_m, plan.block_n)
+
+
+def _check_interval_pairs(plan: Plan) -> None:
+    pairs = plan.slices * plan.q_len * plan.kv_len - iv_form.masked_pairs(plan.arrays["intervals"])
+    if pairs != plan.visible_pairs:
+        raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its intervals leave {pairs}")
+
+
+def _derive_lists(plan: Plan) -> None:
+    """Fill in the lists an interval plan file leaves out (all eight must be absent), checking the rest."""
+    _check_header(plan)
+    stored = [name for name in LIST_ARRAYS if plan.arrays[name].size]
+    if stored:
+        raise PlanError(f"plan stores {stored[0]} but not row_ptr: an interval plan stores all eight lists or none")
+    plan.arrays.update(_interval_lists(plan))
+    _check_interval_pairs(plan)
 
 
 def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial: int):
@@ -300,7 +377,7 @@ def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial:
     owner = np.repeat(np.arange(n, dtype=np.int64), counts)
     position = np.arange(other.shape[0], dtype=np.int64) - ptr[owner]
     is_full = position < full[owner]
-    if np.any(tile[is_full] != -1) or np.any(tile[~is_full] < 0) or np.any(tile[~is_full] >= n_partial):
+    if np.any(tile[is_full] != FULL_TILE) or np.any(tile[~is_full] < 0) or np.any(tile[~is_full] >= n_partial):
         raise PlanError(f"plan {prefix}_tile ids do not match full/partial entries or exceed {n_partial} bitmaps")
     return owner // n_lists, owner % n_lists, other, tile
 
@@ -329,26 +406,44 @@ def bitmap_bits(plan: Plan) -> np.ndarray:
 
 
 def tile_row(plan: Plan, s: int, m: int, bits: np.ndarray | None = None) -> np.ndarray:
-    """The mask rows of query tile row ``m`` of slice ``s``: bools ``[rows in the tile, kv_len]``."""
-    bits = bitmap_bits(plan) if bits is None else bits
+    """The mask rows of query tile row ``m`` of slice ``s``: bools ``[rows in the tile, kv_len]``.
+
+    Built from the tiles the row list visits: full tiles are all True, partial tiles come from the
+    bitmaps (``bits``, from :func:`bitmap_bits`, saves unpacking them per call) or the intervals.
+    """
     bm, bn = plan.block_m, plan.block_n
-    out = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
+    start, stop = m * bm, min((m + 1) * bm, plan.q_len)
     row = s * plan.tiles_m + m
-    ptr = plan.arrays["row_ptr"]
-    for e in range(ptr[row], ptr[row + 1]):
-        n, t = plan.arrays["row_col"][e], plan.arrays["row_tile"][e]
-        out[:, n * bn:(n + 1) * bn] = True if t < 0 else bits[t]
-    return out[: min(bm, plan.q_len - m * bm), : plan.kv_len]
+    lo, hi = int(plan.arrays["row_ptr"][row]), int(plan.arrays["row_ptr"][row + 1])
+    n_full = int(plan.arrays["row_full"][row])
+    out = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
+    if plan.variant == "intervals":
+        partial_bits = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
+        if hi - lo > n_full:
+            partial_bits[: stop - start, : plan.kv_len] = iv_form.visible_rows(plan.arrays["intervals"][s], start, stop)
+    else:
+        bits = bitmap_bits(plan) if bits is None else bits
+    for e in range(lo, hi):
+        n, t = int(plan.arrays["row_col"][e]), int(plan.arrays["row_tile"][e])
+        cols = slice(n * bn, (n + 1) * bn)
+        if e - lo < n_full:
+            out[:, cols] = True
+        else:
+            out[:, cols] = partial_bits[:, cols] if plan.variant == "intervals" else bits[t]
+    return out[: stop - start, : plan.kv_len]
 
 
 def tile_map(plan: Plan, s: int = 0) -> np.ndarray:
     """Tile classes of slice ``s`` as int8 ``[tiles_m, tiles_n]``: 0 empty, 1 full, 2 partial."""
     out = np.zeros((plan.tiles_m, plan.tiles_n), dtype=np.int8)
-    ptr = plan.arrays["row_ptr"]
-    lo, hi = ptr[s * plan.tiles_m], ptr[(s + 1) * plan.tiles_m]
-    counts = np.diff(ptr[s * plan.tiles_m:(s + 1) * plan.tiles_m + 1])
+    ptr = plan.arrays["row_ptr"].astype(np.int64)
+    first = s * plan.tiles_m
+    lo, hi = ptr[first], ptr[first + plan.tiles_m]
+    counts = np.diff(ptr[first : first + plan.tiles_m + 1])
     m = np.repeat(np.arange(plan.tiles_m), counts)
-    out[m, plan.arrays["row_col"][lo:hi]] = np.where(plan.arrays["row_tile"][lo:hi] < 0, 1, 2)
+    position = np.arange(lo, hi) - ptr[first + m]
+    is_full = position < plan.arrays["row_full"][first + m]
+    out[m, plan.arrays["row_col"][lo:hi]] = np.where(is_full, 1, 2)
     return out
 
 

@@ -2,7 +2,9 @@
 
 It walks the plan's row lists exactly as the Triton kernels do, with an online softmax, and never
 builds the ``N x N`` score matrix: it is the oracle the kernels are tested against and the backend
-used on machines without a GPU. Rows with no visible key give zeros and zero gradients.
+used on machines without a GPU. A partial tile's mask comes from its bitmap, or, in an interval
+plan, is rebuilt from the key columns' row intervals. Rows with no visible key give zeros and zero
+gradients.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def _walk(plan: DevicePlan, batch: int, heads: int) -> Iterator[tuple[slice, sli
     ptr, full = plan.row_ptr.tolist(), plan.row_full.tolist()
     cols, tiles = plan.row_col.tolist(), plan.row_tile.tolist()
     bits = _unpack_bitmaps(plan.bitmaps, plan.block_n)
+    intervals = plan.variant == "intervals"
     bm, bn = plan.block_m, plan.block_n
     for s in range(plan.batch * plan.heads):
         b, h = divmod(s, plan.heads)
@@ -107,9 +110,22 @@ def _walk(plan: DevicePlan, batch: int, heads: int) -> Iterator[tuple[slice, sli
             for e in range(ptr[row], ptr[row + 1]):
                 n = cols[e]
                 c = slice(n * bn, min((n + 1) * bn, plan.kv_len))
-                keep = None if e - ptr[row] < full[row] else bits[tiles[e], : rows.stop - rows.start, : c.stop - c.start]
+                if e - ptr[row] < full[row]:
+                    keep = None
+                elif intervals:
+                    keep = _interval_tile(plan.intervals[s, :, c], rows)
+                else:
+                    keep = bits[tiles[e], : rows.stop - rows.start, : c.stop - c.start]
                 visits.append((c, keep))
             yield bs, hs, rows, visits
+
+
+def _interval_tile(iv: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The bool mask of one tile rebuilt from its key columns' intervals ``iv [4, cols]``: a query
+    row is masked where it lies in ``[LTS, LTE)`` or ``[UTS, UTE)``."""
+    i = torch.arange(rows.start, rows.stop, device=iv.device, dtype=iv.dtype)[:, None]
+    masked = ((i >= iv[0]) & (i < iv[1])) | ((i >= iv[2]) & (i < iv[3]))
+    return ~masked
 
 
 def _unpack_bitmaps(words: torch.Tensor, block_n: int) -> torch.Tensor:

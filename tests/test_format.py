@@ -192,3 +192,145 @@ def _reseal(raw: bytes) -> bytes:
 
 
 _FUZZ_BASE = maskc.compile(np.random.default_rng(5).random((2, 70, 90)) < 0.4, block=(32, 32)).to_bytes()
+
+
+# --- version 2: interval plans ---------------------------------------------------------------------
+
+
+def _interval_plan() -> fmt.Plan:
+    from maskc import library
+
+    return maskc.compile(library.stack([library.documents([100, 37, 163]), library.sliding_window(300, 40, causal=False)]), block=(64, 32), variant="intervals")
+
+
+def _body(plan: fmt.Plan, store_lists: bool = False) -> dict:
+    """The msgpack body of a plan, optionally with an interval plan's lists stored, as another writer may."""
+    body = msgpack.unpackb(fmt._pack(plan)[44:], raw=False)
+    if store_lists:
+        for name in fmt.LIST_ARRAYS:
+            a = np.ascontiguousarray(plan.arrays[name], dtype="<i4")
+            body["arrays"][name] = {"dtype": "<i4", "shape": list(a.shape), "data": a.tobytes()}
+    return body
+
+
+def test_interval_plan_files_leave_out_the_lists_and_readers_derive_them():
+    plan = _interval_plan()
+    data = plan.to_bytes()
+    body = msgpack.unpackb(data[44:], raw=False)
+    assert body["meta"]["variant"] == "intervals" and body["meta"]["hash_of"] == "intervals"
+    assert all(body["arrays"][name]["shape"] == [0] for name in fmt.LIST_ARRAYS)
+    assert body["arrays"]["intervals"]["shape"] == [2, 4, 300] and body["arrays"]["bitmaps"]["shape"] == [0, 64, 1]
+    back = fmt.decode(data)
+    for name, array in plan.arrays.items():
+        assert np.array_equal(back.arrays[name], array), name
+    assert back.to_bytes() == data
+    assert fmt.decode(_repack(_body(plan, store_lists=True))).to_bytes() == data  # stored lists are accepted when exact
+    assert len(data) < len(maskc.compile(plan.to_mask(), block=(64, 32), variant="block_sparse").to_bytes()) * 4
+
+
+def _with_intervals(plan: fmt.Plan, edit) -> fmt.Plan:
+    iv = plan.arrays["intervals"].copy()
+    edit(iv)
+    return _with_array(plan, "intervals", iv)
+
+
+def _interval_corrupt_cases():
+    plan = _interval_plan()
+    a = plan.arrays
+    return {
+        "LTS after LTE": _with_intervals(plan, lambda iv: iv.__setitem__((0, 0, 5), iv[0, 1, 5] + 1)),
+        "UTE past q_len": _with_intervals(plan, lambda iv: iv.__setitem__((1, 3, 7), 301)),
+        "negative UTS": _with_intervals(plan, lambda iv: iv.__setitem__((1, 2, 7), -1)),
+        "intervals of the wrong width": _with_array(plan, "intervals", a["intervals"][:, :, :299]),
+        "intervals of one slice too few": _with_array(plan, "intervals", a["intervals"][:1]),
+        "bitmaps in an interval plan": _with_array(plan, "bitmaps", np.zeros((1, 64, 1), dtype="<u4")),
+        "visible pairs wrong": dataclasses.replace(plan, visible_pairs=plan.visible_pairs - 1),
+        "unknown hash_of": dataclasses.replace(plan, hash_of="rows"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_interval_corrupt_cases()))
+def test_inconsistent_interval_plans_are_refused(case):
+    bad = _interval_corrupt_cases()[case]
+    with pytest.raises(PlanError):
+        fmt.decode(fmt._pack(bad))
+    with pytest.raises(PlanError):
+        fmt.encode(bad)
+
+
+def _list_corrupt_cases():
+    plan = _interval_plan()
+    a = plan.arrays
+    partial = np.flatnonzero(a["row_tile"] == -2)[0]
+    return {
+        "partial tile id -1": _with_array(plan, "row_tile", np.where(np.arange(a["row_tile"].size) == partial, -1, a["row_tile"]).astype("<i4")),
+        "partial tile id 0 (a bitmap)": _with_array(plan, "col_tile", np.where(a["col_tile"] == -2, 0, a["col_tile"]).astype("<i4")),
+        "a tile left out": _with_array(plan, "row_full", np.maximum(a["row_full"] - 1, 0).astype("<i4")),
+        "another tile order": _with_array(plan, "row_col", a["row_col"][::-1].copy()),
+        "intervals that make other tiles": _with_intervals(plan, lambda iv: iv.__setitem__((0, slice(None), slice(0, 64)), np.array([300, 300, 0, 0])[:, None])),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_list_corrupt_cases()))
+def test_interval_plan_lists_must_be_exactly_what_the_intervals_make(case):
+    bad = _list_corrupt_cases()[case]
+    with pytest.raises(PlanError, match="what its intervals make"):
+        fmt.encode(bad)
+    with pytest.raises(PlanError):
+        fmt.decode(_repack(_body(bad, store_lists=True)))  # a file that stores wrong lists
+
+
+def test_an_interval_plan_stores_all_lists_or_none():
+    body = _body(_interval_plan())
+    body["arrays"]["col_full"] = {"dtype": "<i4", "shape": [1], "data": b"\x00" * 4}
+    with pytest.raises(PlanError, match="stores col_full but not row_ptr"):
+        fmt.decode(_repack(body))
+
+
+def test_block_sparse_plans_carry_no_intervals():
+    plan = _causal_plan()
+    assert plan.arrays["intervals"].shape == (0, 4, 300) and plan.hash_of == "bits"
+    with pytest.raises(PlanError, match=r"intervals shape \[1, 4, 300\] is not \[0, 4, 300\]"):
+        fmt.encode(_with_array(plan, "intervals", np.zeros((1, 4, 300), dtype="<i4")))
+
+
+def _v1_bytes(plan: fmt.Plan) -> bytes:
+    """A plan as format version 1 wrote it: no intervals array, no hash_of."""
+    import hashlib
+
+    body = _body(plan)
+    del body["arrays"]["intervals"], body["meta"]["hash_of"]
+    payload = msgpack.packb(body, use_bin_type=True)
+    return struct.pack("<8sI32s", fmt.MAGIC, 1, hashlib.sha256(payload).digest()) + payload
+
+
+def test_version_1_files_still_load():
+    plan = _causal_plan()
+    back = fmt.decode(_v1_bytes(plan))
+    assert back.variant == "block_sparse" and back.hash_of == "bits" and back.to_bytes() == plan.to_bytes()
+    with pytest.raises(PlanError, match="intervals shape"):  # version 1 knew no interval plans
+        fmt.decode(_v1_bytes(_interval_plan()))
+    body = _body(plan)
+    del body["meta"]["hash_of"]
+    with pytest.raises(PlanError, match="meta.hash_of is missing"):  # ... but version 2 requires it
+        fmt.decode(_repack(body))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_fuzz_interval_plan_files(data):
+    """Any damage to an interval plan file fails with PlanError or decodes to a consistent mask."""
+    raw = bytearray(_FUZZ_INTERVALS)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(44, len(raw) - 1))
+        raw[i] ^= data.draw(st.integers(1, 255))
+    try:
+        plan = fmt.decode(_reseal(bytes(raw)))
+    except PlanError:
+        return
+    mask = plan.to_mask()
+    assert int(mask.sum()) == plan.visible_pairs
+    assert np.array_equal(maskc.compile(mask, block=(plan.block_m, plan.block_n), variant="intervals").to_mask(), mask)
+
+
+_FUZZ_INTERVALS = maskc.compile(np.tril(np.ones((2, 70, 90), dtype=bool), k=5), block=(32, 32), variant="intervals").to_bytes()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maskc import library
-from maskc.compiler import mask_sha256
+from maskc.compiler import fingerprint, mask_sha256
 from maskc.runtime.format import load
 
 GOLDEN = Path(__file__).resolve().parent.parent / "plans" / "golden"
@@ -20,10 +20,16 @@ def test_there_are_golden_plans():
     assert len(MANIFEST) >= 5
 
 
+def test_every_variant_has_golden_plans():
+    assert {e.get("variant", "block_sparse") for e in MANIFEST if e["file"].startswith("v2-")} == {"block_sparse", "intervals"}
+
+
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])
 def test_golden_plan_decodes_to_its_mask(entry):
     plan = load(GOLDEN / entry["file"])
     source = getattr(library, entry["kind"])(**entry["args"])
     assert [plan.block_m, plan.block_n] == entry["block"]
-    assert plan.mask_sha256 == entry["mask_sha256"] == mask_sha256(source)
+    assert plan.variant == entry.get("variant", "block_sparse") and plan.hash_of == entry.get("hash_of", "bits")
+    expected = mask_sha256(source) if plan.hash_of == "bits" else fingerprint(source, "intervals")[0]
+    assert plan.mask_sha256 == entry["mask_sha256"] == expected
     assert np.array_equal(plan.to_mask(), source.to_dense())

@@ -4,7 +4,8 @@
 
 Golden plans are frozen once released: every later maskc must load them and decode them to the
 masks named in MANIFEST.json (tests/test_golden.py). Run this only to add the plans of a new
-format version, never to rewrite old ones.
+format version, never to rewrite old ones. From version 2 on, each case is written in every
+variant it fits: ``v2-KIND.plan`` (block-sparse) and ``v2-KIND-intervals.plan``.
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import maskc
 from maskc import library
+from maskc.errors import MaskError
 from maskc.runtime.format import VERSION
 
 HERE = Path(__file__).parent
@@ -22,6 +24,8 @@ CASES = [
     ("sliding_window", {"n": 333, "window": 48, "causal": False}, [32, 32]),
     ("token_tree", {"parents": [-1, 0, 0, 1, 1, 2, 3, 3, 5, 8]}, [32, 32]),
     ("bigbird", {"n": 512, "window": 64, "global_tokens": [0, 1, 2], "random_blocks": 2, "block": 32, "seed": 3}, [64, 32]),
+    ("causal_blockwise", {"n": 200, "block": 48}, [64, 32]),
+    ("longformer", {"n": 190, "window": 20, "global_tokens": [0, 1, 189]}, [32, 64]),
 ]
 
 
@@ -29,12 +33,18 @@ def main() -> None:
     manifest = json.loads((HERE / "MANIFEST.json").read_text()) if (HERE / "MANIFEST.json").exists() else []
     known = {entry["file"] for entry in manifest}
     for kind, args, block in CASES:
-        name = f"v{VERSION}-{kind}.plan"
-        if name in known:
-            continue
-        plan = maskc.compile(getattr(library, kind)(**args), block=tuple(block))
-        plan.save(HERE / name)
-        manifest.append({"file": name, "kind": kind, "args": args, "block": block, "mask_sha256": plan.mask_sha256})
+        source = getattr(library, kind)(**args)
+        for variant in ("block_sparse", "intervals"):
+            name = f"v{VERSION}-{kind}{'-intervals' if variant == 'intervals' else ''}.plan"
+            if name in known:
+                continue
+            try:
+                plan = maskc.compile(source, block=tuple(block), variant=variant)
+            except MaskError:  # does not fit the interval form
+                continue
+            plan.save(HERE / name)
+            manifest.append({"file": name, "kind": kind, "args": args, "block": block, "variant": variant,
+                             "hash_of": plan.hash_of, "mask_sha256": plan.mask_sha256})
     (HERE / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
