@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from maskc.bench import DEFAULT_MASKS, DTYPES, EXTRA_MASKS, BenchConfig, BenchError, parse_masks
+from maskc.cost import ProfileError
 from maskc.errors import MaskError
 
 
@@ -28,7 +29,9 @@ class BenchUsageError(click.ClickException):
 @click.option("--head-dim", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bf16", show_default=True)
-@click.option("--block", default="128x128", show_default=True, help="maskc tile size BLOCK_MxBLOCK_N.")
+@click.option("--block", default="auto", show_default=True, help="maskc tile size BLOCK_MxBLOCK_N, or auto: the plan the cost model chooses.")
+@click.option("--profile", help="Cost-model profile (a GPU name or JSON path; none for no model).  [default: $MASKC_PROFILE, else the shipped H100 profile]")
+@click.option("--candidates", is_flag=True, help="Also time every other candidate the cost model compared (maskc:<candidate> rows).")
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu (tiny sizes: the reference backend, no FlexAttention).")
 @click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="maskc backend: auto = Triton on CUDA (or under TRITON_INTERPRET=1), reference elsewhere.")
@@ -54,10 +57,12 @@ def bench(ns, quiet, json_path, **options) -> None:
     """
     try:
         options["masks"] = parse_masks(options["masks"])
-        from maskc.compiler import parse_block
+        from maskc.compiler import parse_block_option
+        from maskc.cost import resolve_profile
 
-        parse_block(options["block"])
-    except MaskError as e:
+        parse_block_option(options["block"])
+        resolve_profile(options["profile"])
+    except (MaskError, ProfileError) as e:
         raise BenchUsageError(str(e)) from None
     if any(n < 1 for n in ns):
         raise BenchUsageError(f"-n must be positive, got {min(ns)}")
@@ -74,7 +79,7 @@ def bench(ns, quiet, json_path, **options) -> None:
     command = _command_line(sys.argv)
     try:
         result = run_bench(cfg, progress=progress, command=command, json_path=json_path)
-    except (BenchError, MaskError) as e:
+    except (BenchError, MaskError, ProfileError) as e:
         raise BenchUsageError(str(e)) from None
     click.echo(format_table(result))
     if json_path is not None:

@@ -16,8 +16,10 @@ import numpy as np
 
 from maskc import __version__
 from maskc.cli.bench_cmd import bench
+from maskc.cli.calibrate_cmd import calibrate
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
+from maskc.cost import ProfileError
 from maskc.errors import MaskError
 from maskc.runtime.format import Plan, PlanError, atomic_write, load
 
@@ -44,7 +46,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (MaskError, PlanError) as e:
+        except (MaskError, PlanError, ProfileError) as e:
             raise UserError(str(e)) from None
         except OSError as e:
             raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
@@ -59,14 +61,22 @@ def cli() -> None:
 @cli.command("compile")
 @click.argument("mask", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the plan.")
-@click.option("--block", default="128x128", show_default=True, help="Tile size BLOCK_MxBLOCK_N; each side 32, 64 or 128.")
-@click.option("--variant", type=click.Choice(["auto", "intervals", "block_sparse"]), default="auto", show_default=True,
-              help="How partial tiles are masked: bitmaps, per-column row intervals (masks that fit), or auto.")
+@click.option("--block", default="auto", show_default=True,
+              help="Tile size BLOCK_MxBLOCK_N (each side 32, 64 or 128), or auto: the cost model's choice (128x128 without a profile).")
+@click.option("--variant", type=click.Choice(["auto", "intervals", "block_sparse", "dense", "dense_causal"]), default="auto", show_default=True,
+              help="How the mask runs: bitmaps, per-column row intervals (masks that fit), dense SDPA (all-true / causal masks), or auto.")
+@click.option("--reorder", type=click.Choice(["auto", "rcm", "none"]), default="auto", show_default=True,
+              help="Renumber the tokens by Reverse Cuthill-McKee: rcm always, auto when the cost model says it pays.")
+@click.option("--schedule", type=click.Choice(["lpt", "none"]), default="lpt", show_default=True,
+              help="Record the launch order of tile rows and columns, heaviest first (lpt), or not.")
+@click.option("--profile", "profile_name", help="Cost-model profile: a GPU name, a JSON path, or none.  [default: $MASKC_PROFILE, else the shipped H100 profile]")
+@click.option("--workload", help="The call the predictions are for, e.g. batch=1,heads=16,kv_heads=4,head_dim=128,dtype=bf16.  [default: B=1 H=16 D=128 bf16]")
 @click.option("--flashmask", type=click.Choice(["causal", "bidirectional"]),
               help="MASK is a FlashMask startend_row_indices .npy ([B, H, Nk, 1|2|4]) with this causal flag.")
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse a plan compiled before for the same mask and options.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def compile_cmd(mask: Path, output: Path, block: str, variant: str, flashmask: str | None, cache: bool, quiet: bool) -> None:
+def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str, schedule: str, profile_name: str | None,
+                workload: str | None, flashmask: str | None, cache: bool, quiet: bool) -> None:
     """Compile MASK into a plan file.
 
     MASK is a dense .npy, a scipy.sparse .npz, or a .json mask spec such as
@@ -74,7 +84,8 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, flashmask: s
     """
     from maskc.cache import PlanCache
     from maskc.compiler import compile as compile_mask
-    from maskc.compiler import parse_block
+    from maskc.compiler import parse_block_option
+    from maskc.cost import Workload
     from maskc.sources import open_mask
 
     if flashmask is not None:
@@ -83,33 +94,49 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, flashmask: s
         source = load_startend_row_indices(mask, causal=flashmask == "causal")
     else:
         source = open_mask(mask)
-    bm_bn = parse_block(block)
+    options = dict(block=parse_block_option(block), variant=variant, reorder=reorder, schedule=schedule, profile=profile_name,
+                   workload=Workload.parse(workload) if workload else None)
     if output.parent and not output.parent.is_dir():
         raise UserError(f"output directory does not exist: {output.parent}")
     with _progress(not quiet, "compiling") as progress:
         if cache:
-            plan, hit = PlanCache().compile(source, block=bm_bn, progress=progress, variant=variant)
+            plan, hit = PlanCache().compile(source, progress=progress, **options)
         else:
-            plan, hit = compile_mask(source, block=bm_bn, progress=progress, variant=variant), False
+            plan, hit = compile_mask(source, progress=progress, **options), False
     plan.save(output)
     if not quiet:
         c = plan.tile_counts()
         size = output.stat().st_size
+        chosen = _chosen(plan)
         click.echo(
-            f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {c['tiles_full']} full + {c['tiles_partial']} partial "
-            f"of {c['tiles_total']} tiles ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
-            f"{plan.variant}, {_bytes(size)}{' (from cache)' if hit else ''}"
+            f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {plan.block_m}x{plan.block_n} tiles, {c['tiles_full']} full + {c['tiles_partial']} partial "
+            f"of {c['tiles_total']} ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
+            f"{plan.variant}{', reordered' if plan.reordered else ''}, {_bytes(size)}{' (from cache)' if hit else ''}"
+            + (f"; predicted {chosen}" if chosen else "")
         )
+
+
+def _chosen(plan: Plan) -> str | None:
+    """The winner's predicted times, as the plan recorded them."""
+    pred = plan.predictions or {}
+    entry = (pred.get("candidates") or {}).get(pred.get("chosen"))
+    if not isinstance(entry, dict) or not isinstance(entry.get("fwd_ms"), (int, float)):
+        return None
+    return f"fwd {entry['fwd_ms']:.3f} ms, fwd+bwd {entry['fwd_bwd_ms']:.3f} ms ({pred.get('profile')})"
 
 
 @cli.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (a stable contract for scripts).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Draw the tile map to this PNG file.")
-def inspect(plan_path: Path, as_json: bool, png: Path | None) -> None:
-    """Summarise a plan: shape, density, tile counts, size, variant."""
+@click.option("--profile", "profile_name", help="Re-evaluate the recorded candidates with this profile (a GPU name or JSON path).")
+@click.option("--workload", help="Re-evaluate them for this call, e.g. batch=4,heads=32,head_dim=64,dtype=fp16.")
+def inspect(plan_path: Path, as_json: bool, png: Path | None, profile_name: str | None, workload: str | None) -> None:
+    """Summarise a plan: shape, density, tile counts, size, variant, reordering, predictions."""
     plan = load(plan_path)
     info = summary(plan, plan_path.stat().st_size)
+    if profile_name or workload:
+        info["reevaluated"] = _reevaluate(plan, profile_name, workload)
     if png is not None:
         from maskc.cli.tilemap import draw_tile_map
 
@@ -120,6 +147,28 @@ def inspect(plan_path: Path, as_json: bool, png: Path | None) -> None:
     click.echo(_human(plan_path, info))
     if png is not None:
         click.echo(f"tile map    {png}")
+
+
+def _reevaluate(plan: Plan, profile_name: str | None, workload: str | None) -> dict:
+    """Every recorded candidate's prediction under another profile and/or workload."""
+    from maskc import cost
+
+    pred = plan.predictions or {}
+    if profile_name:
+        profile = cost.load_profile(profile_name)
+    else:
+        profile = cost.default_profile()
+        if profile is None:
+            raise UserError("no profile to predict with: pass --profile (a GPU name or JSON path) or set MASKC_PROFILE")
+    load_workload = cost.Workload.parse(workload) if workload else cost.Workload(**{
+        k: v for k, v in (pred.get("workload") or {}).items() if k in cost.Workload.__dataclass_fields__})
+    results = cost.reevaluate(plan, profile, load_workload)
+    return {
+        "profile": profile.name,
+        "workload": load_workload.as_dict(),
+        "candidates": {name: ({"fwd_ms": r.fwd_ms, "fwd_bwd_ms": r.fwd_bwd_ms} if isinstance(r, cost.Prediction) else {"note": r})
+                       for name, r in results.items()},
+    }
 
 
 @cli.command()
@@ -204,8 +253,11 @@ def cache_clear() -> None:
 
 def summary(plan: Plan, plan_bytes: int) -> dict:
     """The facts ``maskc inspect --json`` promises scripts, derived from a validated plan."""
+    from maskc.cost import plan_candidate
+
     counts = plan.tile_counts()
     total_pairs = plan.slices * plan.q_len * plan.kv_len
+    reorder = plan.options.get("reorder") if isinstance(plan.options.get("reorder"), dict) else {}
     return {
         "q_len": plan.q_len,
         "kv_len": plan.kv_len,
@@ -219,25 +271,63 @@ def summary(plan: Plan, plan_bytes: int) -> dict:
         "work_fraction": (counts["tiles_full"] + counts["tiles_partial"]) / counts["tiles_total"],
         "plan_bytes": plan_bytes,
         "variant": plan.variant,
-        "reordered": False,
+        "candidate": plan_candidate(plan).name,
+        "reordered": plan.reordered,
+        "perm": {"length": plan.q_len, **reorder} if plan.reordered else None,
+        "row_order": bool(plan.arrays["row_order"].size),
+        "col_order": bool(plan.arrays["col_order"].size),
+        "predictions": plan.predictions,
         "mask_sha256": plan.mask_sha256,
         "hash_of": plan.hash_of,
     }
 
 
 def _human(path: Path, i: dict) -> str:
-    return "\n".join(
-        [
-            f"plan        {path} ({_bytes(i['plan_bytes'])})",
-            f"mask        batch {i['batch']} x heads {i['heads']} x {i['q_len']} queries x {i['kv_len']} keys",
-            f"visible     {i['visible_pairs']:,} pairs ({i['density']:.2%} of the mask)",
-            f"tiles       {i['block_m']}x{i['block_n']}: {i['tiles_total']:,} total, {i['tiles_empty']:,} empty, "
-            f"{i['tiles_full']:,} full, {i['tiles_partial']:,} partial ({i['partial_distinct']:,} distinct)",
-            f"work left   {i['work_fraction']:.2%} of the dense tiles are visited",
-            f"variant     {i['variant']}{', reordered' if i['reordered'] else ''}",
-            f"mask hash   {i['mask_sha256']} (of its {i['hash_of']})",
-        ]
-    )
+    lines = [
+        f"plan        {path} ({_bytes(i['plan_bytes'])})",
+        f"mask        batch {i['batch']} x heads {i['heads']} x {i['q_len']} queries x {i['kv_len']} keys",
+        f"visible     {i['visible_pairs']:,} pairs ({i['density']:.2%} of the mask)",
+        f"tiles       {i['block_m']}x{i['block_n']}: {i['tiles_total']:,} total, {i['tiles_empty']:,} empty, "
+        f"{i['tiles_full']:,} full, {i['tiles_partial']:,} partial ({i['partial_distinct']:,} distinct)",
+        f"work left   {i['work_fraction']:.2%} of the dense tiles are visited",
+        f"variant     {i['variant']}" + (" (run by SDPA)" if i["variant"] in ("dense", "dense_causal") else ""),
+    ]
+    perm = i["perm"]
+    if perm is not None:
+        detail = ""
+        if "tiles_before" in perm:
+            before, after = perm["tiles_before"], perm["tiles_after"]
+            detail = (f": tiles {before['full'] + before['partial']:,} -> {after['full'] + after['partial']:,} "
+                      f"({before['full']:,} -> {after['full']:,} full), bandwidth {perm['bandwidth_before']:,} -> {perm['bandwidth_after']:,}")
+        lines.append(f"reordered   {perm.get('method', 'yes')}{detail}")
+    if i["row_order"] or i["col_order"]:
+        lines.append(f"schedule    heaviest first: {', '.join(n for n in ('row_order', 'col_order') if i[n])}")
+    lines += _prediction_lines(i["predictions"], i.get("reevaluated"), i["candidate"])
+    lines.append(f"mask hash   {i['mask_sha256']} (of its {i['hash_of']})")
+    return "\n".join(lines)
+
+
+def _prediction_lines(pred: dict | None, reevaluated: dict | None, own: str) -> list[str]:
+    """The candidates the cost model compared, the plan's own marked; the stored predictions, or
+    the re-evaluated ones when asked for."""
+    if reevaluated is None and isinstance(pred, dict) and not pred.get("candidates"):
+        return [f"predicted   none: {pred.get('note', 'no candidates recorded')}"]
+    source = reevaluated or pred
+    if not isinstance(source, dict):
+        return []
+    workload = source.get("workload") or {}
+    objective = f", objective {pred.get('objective')}" if isinstance(pred, dict) else ""
+    lines = [f"predicted   profile {source.get('profile')}, B={workload.get('batch')} H={workload.get('heads')} "
+             f"D={workload.get('head_dim')} {workload.get('dtype')}{objective}" + (" (re-evaluated)" if reevaluated else "")]
+    for name, entry in sorted(source["candidates"].items()):
+        mark = "*" if name == own else " "
+        if isinstance(entry, dict) and isinstance(entry.get("fwd_ms"), (int, float)):
+            lines.append(f"          {mark} {name:<28} fwd {entry['fwd_ms']:9.3f} ms   fwd+bwd {entry['fwd_bwd_ms']:9.3f} ms")
+        else:
+            lines.append(f"          {mark} {name:<28} {entry.get('note', 'not predicted') if isinstance(entry, dict) else 'not predicted'}")
+    if isinstance(pred, dict) and pred.get("note"):
+        lines.append(f"            note: {pred['note']}")
+    return lines
 
 
 class _progress:
@@ -276,6 +366,7 @@ def _bytes(n: int) -> str:
 
 cli.add_command(mask)
 cli.add_command(bench)
+cli.add_command(calibrate)
 
 
 def main() -> None:

@@ -4,7 +4,11 @@ For each library mask of the benchmark set and each sequence length ``N``, in on
 device, it measures:
 
 * **maskc**: the plan is compiled once before any timing (the compile time is recorded apart),
-  loaded with ``load_plan(plan, device)``, and only ``LoadedPlan.attention`` calls are timed;
+  loaded with ``load_plan(plan, device)``, and only ``LoadedPlan.attention`` calls are timed. With
+  ``--block auto`` (the default) the cost model chooses the plan for the benchmark's batch, heads,
+  head dim and dtype; its prediction is shown next to the measured time. With ``--candidates``, every other candidate the model
+  compared is compiled explicitly and timed too (``maskc:<candidate>`` rows), so the choice and the
+  predictions can be checked against measurements;
 * **flex**: ``torch.compile(flex_attention, dynamic=False)`` with a ``BlockMask`` from
   ``create_block_mask``: a closed-form ``mask_mod`` where the mask has one, else a lookup into the
   dense mask tensor (recorded per case); ``create_block_mask`` is timed apart;
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 import maskc
-from maskc import library
+from maskc import cost, library
 from maskc.errors import MaskError
 from maskc.sources import MaskSource
 
@@ -75,7 +79,7 @@ DEFAULT_MASKS = (
 )
 """The benchmark set (``--masks`` default), in the order of the issue."""
 
-EXTRA_MASKS = ("hash_buckets",)
+EXTRA_MASKS = ("hash_buckets", "permuted_band")
 """Masks that can be asked for by name but are not in the default set."""
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -204,7 +208,25 @@ def build_mask(name: str, n: int, seed: int = 0) -> BenchMask:
         return BenchMask(key, n, source, {"n": n, "buckets": buckets, "causal": True, "seed": seed},
                          f"{buckets} seeded random buckets (~512 tokens each), causal within a bucket",
                          "hash_buckets" if tables else "dense", tables)
+    if key == "permuted_band":
+        width = 256
+        order = np.random.default_rng(seed).permutation(n)
+        return BenchMask(key, n, PermutedBand(n, width, order), {"n": n, "width": width, "seed": seed},
+                         f"a band |i - j| < {width} with its tokens in a seeded random order (seed {seed})", "permuted_band",
+                         {"order": order, "width": np.array(width)})
     raise MaskError(f"unknown benchmark mask {name!r}; choose from {', '.join(DEFAULT_MASKS + EXTRA_MASKS)}")
+
+
+class PermutedBand(library.FormulaSource):
+    """A band ``|a - b| < width`` over positions ``order[i]``: token ``i`` sits at position
+    ``order[i]``, so the band is scattered over the whole mask until the tokens are renumbered."""
+
+    def __init__(self, n: int, width: int, order: np.ndarray):
+        super().__init__(f"permuted_band(n={n}, width={width})", n)
+        self.width, self.order = width, np.asarray(order, dtype=np.int64)
+
+    def formula(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return np.abs(self.order[q] - self.order[k]) < self.width
 
 
 def parse_masks(spec: str | None) -> list[str]:
@@ -253,6 +275,9 @@ def flex_mask_mod(case: BenchMask, device, dense=None, tree_mode: str = "dense")
     if kind == "hash_buckets":
         bucket = t["bucket"]
         return (lambda b, h, q, kv: (bucket[q] == bucket[kv]) & (kv <= q)), "closed-form"
+    if kind == "permuted_band":
+        order, w = t["order"], int(case.tables["width"])
+        return (lambda b, h, q, kv: (order[q] - order[kv]).abs() < w), "closed-form"
     if kind == "dense":
         if dense is None:
             raise ValueError(f"{case.name}: a dense-lookup mask_mod needs the dense mask")
@@ -271,7 +296,7 @@ class BenchConfig:
     head_dim: int = 128
     batch: int = 1
     dtype: str = "bf16"
-    block: str = "128x128"
+    block: str = "auto"
     device: str = "cuda"
     backend: str = "auto"  # maskc backend: auto, triton, reference
     flex: bool = True
@@ -285,6 +310,8 @@ class BenchConfig:
     flex_block: int = 128
     flex_tree: str = "dense"  # dense: trees and medusa through a dense lookup; interval: preorder-interval mask_mod
     seed: int = 0
+    profile: str | None = None  # the cost model's profile (name or path); None: MASKC_PROFILE or the shipped one
+    candidates: bool = False  # also time every other candidate the cost model compared
 
 
 @dataclass
@@ -654,7 +681,7 @@ def run_bench(
     """Run the benchmark; return (and, with ``json_path``, write after every case) the result dict."""
     import torch
 
-    from maskc.compiler import parse_block
+    from maskc.compiler import parse_block_option
 
     say = progress or (lambda _msg: None)
     device = torch.device(cfg.device)
@@ -666,11 +693,13 @@ def run_bench(
         device = torch.device("cuda", torch.cuda.current_device())
     if cfg.dtype not in DTYPES:
         raise BenchError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    block = parse_block(cfg.block)
+    block = parse_block_option(cfg.block)
+    profile = cost.resolve_profile(cfg.profile)
     masks = parse_masks(",".join(cfg.masks))
     result: dict[str, Any] = {
         "schema": SCHEMA,
-        "environment": environment(device, command),
+        "environment": {**environment(device, command), "profile": profile.name if profile else None,
+                        "profile_sha256": profile.sha256 if profile else None},
         "config": {**dataclasses.asdict(cfg), "masks": masks},
         "conventions": {
             "time": "median ms; CUDA: triton.testing.do_bench(return_mode='median'), CPU: time.perf_counter",
@@ -678,6 +707,7 @@ def run_bench(
             "fwd_bwd_flops": f"{FWD_BWD_FLOP_FACTOR} * fwd_flops (backward = 2.5 forwards)",
             "rel_err": "forward, ||out - ref||_F / ||ref||_F over the error rows; ref = float64 softmax of the same inputs",
             "forward_grad_mode": "inputs require grad when backward is timed (as in training)",
+            "predicted": "the cost model's fwd and fwd+bwd ms for this run's batch, heads, head dim and dtype (maskc rows, with a profile)",
         },
         "cases": [],
         "results": [],
@@ -685,6 +715,10 @@ def run_bench(
     total = len(cfg.ns) * ((1 if cfg.dense_causal else 0) + len(masks) * (1 + cfg.flex + cfg.sdpa))
     done = 0
     lost: str | None = None
+
+    def expect(more: int) -> None:
+        nonlocal total
+        total += more
 
     def emit(row: Row) -> None:
         nonlocal done
@@ -728,7 +762,7 @@ def run_bench(
             info: dict[str, Any] = {"mask": name, "n": n}
             result["cases"].append(info)
             try:
-                _one_mask(name, n, inputs, cfg, device, block, rows, say, emit, info)
+                _one_mask(name, n, inputs, cfg, device, block, rows, say, emit, info, profile, expect)
             except ContextLost as e:
                 lost = f"CUDA context lost: {e}"
                 emit(Row(name, n, "all", notes=[lost]))
@@ -786,8 +820,10 @@ def _sdpa_context(backend):
     return sdpa_kernel(backend)
 
 
-def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, say, emit, info: dict[str, Any]) -> None:
-    """Every method on one mask at one ``N``, each row emitted as soon as it is done: maskc, flex, sdpa-mask."""
+def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, say, emit, info: dict[str, Any],
+              profile: cost.Profile | None = None, expect: Callable[[int], None] = lambda _more: None) -> None:
+    """Every method on one mask at one ``N``, each row emitted as soon as it is done: maskc (and,
+    with ``cfg.candidates``, every other candidate of the cost model), flex, sdpa-mask."""
     import torch
 
     case = build_mask(name, n, cfg.seed)
@@ -798,36 +834,41 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
     # maskc: compile once, before any timing
     from maskc.compiler import compile as compile_mask
 
+    workload = cost.Workload(batch=cfg.batch, heads=cfg.heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
     start = time.perf_counter()
-    plan = compile_mask(case.source, block=block)
+    plan = compile_mask(case.source, block=block, profile=profile if profile is not None else cost.NO_PROFILE, workload=workload)
     info["compile_s"] = time.perf_counter() - start
     counts = plan.tile_counts()
     pairs = plan.visible_pairs
     flops = FWD_FLOPS_PER_PAIR * pairs * cfg.head_dim * cfg.heads * cfg.batch
-    info.update({"visible_pairs": pairs, "density": pairs / (n * n), "tiles": counts, "variant": plan.variant,
-                 "plan_bytes": len(plan.to_bytes()), "flops_fwd": flops, "block": list(block)})
+    chosen = cost.plan_candidate(plan).name
+    info.update({"visible_pairs": pairs, "density": pairs / (n * n), "tiles": counts, "variant": plan.variant, "candidate": chosen,
+                 "reordered": plan.reordered, "plan_bytes": len(plan.to_bytes()), "flops_fwd": flops,
+                 "block": [plan.block_m, plan.block_n], "predictions": plan.predictions, "reorder": plan.options.get("reorder")})
     say(f"  {name} N={n}: {case.description}; compiled in {info['compile_s']:.2f} s, density {pairs / (n * n):.2%}, "
-        f"{counts['tiles_full']} full + {counts['tiles_partial']} partial of {counts['tiles_total']} tiles")
+        f"{chosen}: {counts['tiles_full']} full + {counts['tiles_partial']} partial of {counts['tiles_total']} tiles")
 
     keep = mask_rows(case.source, rows)
     ref = reference_rows(inputs.q, inputs.k, inputs.v, rows, keep, inputs.scale)
     base = {"visible_pairs": pairs, "flops_fwd": flops}
-
-    from maskc.runtime import load_plan
-
-    row = Row(name, n, "maskc", detail={**base, "variant": plan.variant, "backend_requested": cfg.backend})
-    try:
-        loaded = load_plan(plan, device)
-        backend, scale = cfg.backend, inputs.scale
-        measure(row, [(f"maskc/{backend}", lambda q, k, v: loaded.attention(q, k, v, scale=scale, backend=backend))], inputs, cfg, device, flops, ref, rows)
-        row.notes.append(f"backend {backend}, plan {plan.variant}: {counts['tiles_full']} full + {counts['tiles_partial']} partial tiles")
-        del loaded
-    except ContextLost:
-        raise
-    except Exception as e:  # noqa: BLE001
-        row.notes.append(f"failed: {_short_error(e)}")
-    emit(row)
-    _free(device)
+    others = [r for r in cost.recorded(plan) if r.candidate.name != chosen] if cfg.candidates else []
+    expect(len(others))
+    runs = [("maskc", plan, cost.plan_candidate(plan), cost.work_of(plan))]
+    for r in others:
+        runs.append((f"maskc:{r.candidate.name}", None, r.candidate, r.work))
+    for method, this, candidate, work in runs:
+        row = Row(name, n, method, detail={**base, "variant": candidate.variant, "candidate": candidate.name, "backend_requested": cfg.backend,
+                                           "predicted": _predicted(profile, candidate, work, workload)})
+        try:
+            if this is None:  # another candidate: compiled as told, no model
+                this = compile_mask(case.source, block=candidate.block, variant=candidate.variant, reorder="rcm" if candidate.reordered else "none")
+            _time_plan(row, this, inputs, cfg, device, flops, ref, rows)
+        except ContextLost:
+            raise
+        except Exception as e:  # noqa: BLE001
+            row.notes.append(f"failed: {_short_error(e)}")
+        emit(row)
+        _free(device)
 
     dense = None
     dense_bytes = n * n
@@ -880,6 +921,31 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
         emit(row)
     del dense, ref, plan
     _free(device)
+
+
+def _time_plan(row: Row, plan, inputs: _Inputs, cfg: BenchConfig, device, flops, ref, rows) -> None:
+    """Load ``plan`` and time ``LoadedPlan.attention`` into ``row`` (the prediction, if any, in its notes)."""
+    from maskc.runtime import load_plan
+
+    loaded = load_plan(plan, device)
+    backend, scale = cfg.backend, inputs.scale
+    measure(row, [(f"maskc/{backend}", lambda q, k, v: loaded.attention(q, k, v, scale=scale, backend=backend))], inputs, cfg, device, flops, ref, rows)
+    counts = plan.tile_counts()
+    row.notes.append(f"backend {backend}, plan {row.detail['candidate']}: {counts['tiles_full']} full + {counts['tiles_partial']} partial tiles")
+    predicted = row.detail["predicted"]
+    if "fwd_ms" in predicted:
+        row.notes.append(f"predicted fwd {predicted['fwd_ms']:.3f} ms, fwd+bwd {predicted['fwd_bwd_ms']:.3f} ms")
+
+
+def _predicted(profile: cost.Profile | None, candidate: cost.Candidate, work: cost.Work, workload: cost.Workload) -> dict[str, Any]:
+    """The cost model's prediction for one candidate at the benchmark's shape, or why there is none."""
+    if profile is None:
+        return {"note": "no profile"}
+    try:
+        p = cost.predict(profile, candidate, work, workload)
+    except cost.ProfileError as e:
+        return {"note": str(e)}
+    return {"fwd_ms": p.fwd_ms, "fwd_bwd_ms": p.fwd_bwd_ms, "profile": profile.name}
 
 
 def _flex(row: Row, case: BenchMask, inputs: _Inputs, cfg: BenchConfig, device, flops, ref, rows, get_dense, info) -> None:
@@ -955,7 +1021,7 @@ def _progress_line(row: Row) -> str:
     return " ".join([head, ", ".join(parts)])
 
 
-COLUMNS = ("mask", "N", "method", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s", "rel err", "notes")
+COLUMNS = ("mask", "N", "method", "fwd ms", "pred fwd", "fwd TFLOP/s", "fwd+bwd ms", "pred f+b", "fwd+bwd TFLOP/s", "rel err", "notes")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -969,6 +1035,7 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines.append(
         f"batch {cfg['batch']}, heads {cfg['heads']}, head dim {cfg['head_dim']}, {cfg['dtype']}, block {cfg['block']}, "
+        f"profile {env.get('profile')}, "
         f"maskc backend {cfg['backend']}, rel err over up to {cfg['rows_for_error']} query rows; fwd+bwd FLOPs = {FWD_BWD_FLOP_FACTOR} x fwd"
     )
     for case in result["cases"]:
@@ -978,14 +1045,15 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     table = [COLUMNS]
     for r in result["results"]:
+        predicted = r["detail"].get("predicted") or {}
         table.append((
             r["mask"], str(r["n"]), r["method"],
-            _fmt(r["fwd_ms"], ".3f"), _fmt(r["fwd_tflops"], ".1f"),
-            _fmt(r["fwd_bwd_ms"], ".3f"), _fmt(r["fwd_bwd_tflops"], ".1f"),
+            _fmt(r["fwd_ms"], ".3f"), _fmt(predicted.get("fwd_ms"), ".3f"), _fmt(r["fwd_tflops"], ".1f"),
+            _fmt(r["fwd_bwd_ms"], ".3f"), _fmt(predicted.get("fwd_bwd_ms"), ".3f"), _fmt(r["fwd_bwd_tflops"], ".1f"),
             _fmt(r["rel_err"], ".1e"), r["notes"],
         ))
     widths = [max(len(t[i]) for t in table) for i in range(len(COLUMNS) - 1)]
-    numeric = {3, 4, 5, 6, 7}
+    numeric = {3, 4, 5, 6, 7, 8, 9}
     for j, t in enumerate(table):
         cells = [t[i].rjust(widths[i]) if i in numeric else t[i].ljust(widths[i]) for i in range(len(widths))]
         lines.append("  ".join(cells + [t[-1]]).rstrip())

@@ -2,8 +2,10 @@
 
 Entries are plan files named by a key over the mask's canonical hash (of its interval vectors when
 it fits that form, so a spec and a dense file of the same mask share an entry; of its bits
-otherwise), the compile options and the plan format version. Writes go through a temporary file and a rename, so processes that compile
-the same mask at once all leave one valid file; an entry that fails to load is dropped and rebuilt.
+otherwise), the compile options, the plan format version and — when the cost model decides
+(``block="auto"``) — the SHA-256 of the profile it decides from, so a new profile compiles afresh.
+Writes go through a temporary file and a rename, so processes that compile the same mask at once
+all leave one valid file; an entry that fails to load is dropped and rebuilt.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maskc.compiler import Progress, check_variant, compile, fingerprint, parse_block
+from maskc import cost
+from maskc.compiler import AUTO, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
 from maskc.runtime.format import VERSION, Plan, PlanError, load
 from maskc.sources import open_mask
 
@@ -28,10 +31,17 @@ def default_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "maskc" / "plans"
 
 
-def cache_key(mask_hash: str, block: tuple[int, int], variant: str = "auto", hash_of: str = "bits") -> str:
-    """The entry name for a mask hash (of its ``hash_of``) and its compile options, under this plan
+def cache_key(
+    mask_hash: str, block: tuple[int, int] | str, variant: str = "auto", hash_of: str = "bits", options: dict[str, Any] | None = None
+) -> str:
+    """The entry name for a mask hash (of its ``hash_of``) and its compile options (``block``,
+    ``variant`` and any others, e.g. reorder, schedule, profile hash, workload), under this plan
     format version."""
-    blob = json.dumps({"mask": mask_hash, "hash_of": hash_of, "block": list(block), "variant": variant, "format": VERSION}, sort_keys=True)
+    blob = json.dumps(
+        {"mask": mask_hash, "hash_of": hash_of, "block": block if isinstance(block, str) else list(block), "variant": variant,
+         "format": VERSION, **(options or {})},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -69,17 +79,36 @@ class PlanCache:
         plan.save(path)
         return path
 
-    def compile(self, mask: Any, block: Any = (128, 128), progress: Progress | None = None, variant: str = "auto") -> tuple[Plan, bool]:
-        """The plan for ``mask`` and whether it came from the cache; compiled and stored on a miss."""
+    def compile(
+        self,
+        mask: Any,
+        block: Any = AUTO,
+        progress: Progress | None = None,
+        variant: str = "auto",
+        reorder: str = "auto",
+        schedule: str = "lpt",
+        profile: Any = None,
+        workload: cost.Workload | None = None,
+        objective: str = "fwd_bwd",
+    ) -> tuple[Plan, bool]:
+        """The plan for ``mask`` and whether it came from the cache; compiled and stored on a miss.
+        The arguments are :func:`maskc.compile`'s."""
         source = open_mask(mask)
-        bm_bn = parse_block(block)
+        block = parse_block_option(block)
         variant = check_variant(variant)
+        options: dict[str, Any] = {"reorder": check_option(reorder, REORDERS, "reorder"), "schedule": check_option(schedule, SCHEDULES, "schedule")}
+        if block == AUTO:
+            model = cost.resolve_profile(profile)
+            workload = workload or cost.Workload()
+            options.update(profile=model.sha256 if model else None, workload=workload.as_dict(), objective=objective)
+            profile = model if model is not None else cost.NO_PROFILE
         mask_hash, hash_of = fingerprint(source, variant)
-        key = cache_key(mask_hash, bm_bn, variant, hash_of)
+        key = cache_key(mask_hash, block, variant, hash_of, options)
         plan = self.get(key)
         if plan is not None:
             return plan, True
-        plan = compile(source, block=bm_bn, progress=progress, variant=variant)
+        plan = compile(source, block=block, progress=progress, variant=variant, reorder=reorder, schedule=schedule,
+                       profile=profile, workload=workload, objective=objective)
         self.put(key, plan)
         return plan, False
 
@@ -109,10 +138,11 @@ class PlanCache:
 
 def compile_cached(
     mask: Any,
-    block: Any = (128, 128),
+    block: Any = AUTO,
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    variant: str = "auto",
+    **options: Any,
 ) -> Plan:
-    """Like :func:`maskc.compile`, but served from the plan cache when this mask was compiled before."""
-    return PlanCache(cache_dir).compile(mask, block=block, progress=progress, variant=variant)[0]
+    """Like :func:`maskc.compile` (same keyword options), but served from the plan cache when this
+    mask was compiled before with the same options."""
+    return PlanCache(cache_dir).compile(mask, block=block, progress=progress, **options)[0]

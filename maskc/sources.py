@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan, bitmap_bits, tile_row
+from maskc.runtime.format import Plan, bitmap_bits, mask_rows
 from maskc.runtime.intervals import visible_rows
 
 Shape4 = tuple[int, int, int, int]
@@ -148,7 +148,8 @@ class IntervalSource(MaskSource):
 
 
 class PlanSource(MaskSource):
-    """The mask a compiled plan stands for, read back one tile row at a time (no dense copy)."""
+    """The mask a compiled plan stands for (in the original token order), read back one block of
+    rows at a time (no dense copy)."""
 
     def __init__(self, plan: Plan, name: str = "plan"):
         self.plan, self.name = plan, name
@@ -158,11 +159,7 @@ class PlanSource(MaskSource):
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
         if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
             raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
-        bm = self.plan.block_m
-        first, last = start // bm, -(-stop // bm)
-        tile_rows = [tile_row(self.plan, b * self.heads + h, m, self._bits) for m in range(first, last)]
-        block = np.concatenate(tile_rows) if tile_rows else np.zeros((0, self.kv_len), dtype=bool)
-        return block[start - first * bm : stop - first * bm]
+        return mask_rows(self.plan, b * self.heads + h, start, stop, self._bits)
 
 
 class SparseSource(MaskSource):

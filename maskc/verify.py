@@ -1,4 +1,4 @@
-"""Check that a plan reproduces a mask bit for bit, one tile row at a time."""
+"""Check that a plan reproduces a mask bit for bit (in the original token order), one tile row at a time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from maskc.runtime.format import Plan, bitmap_bits, tile_row
+from maskc.runtime.format import Plan, bitmap_bits, mask_rows
 from maskc.sources import open_mask
 
 
@@ -20,8 +20,9 @@ def first_difference(plan: Plan, mask: Any) -> str | None:
         b, h = divmod(s, plan.heads)
         for m in range(plan.tiles_m):
             start = m * plan.block_m
-            expected = source.rows(b, h, start, min(start + plan.block_m, plan.q_len))
-            got = tile_row(plan, s, m, bits)
+            stop = min(start + plan.block_m, plan.q_len)
+            expected = source.rows(b, h, start, stop)
+            got = mask_rows(plan, s, start, stop, bits)
             if not np.array_equal(expected, got):
                 i, j = map(int, np.argwhere(expected != got)[0])
                 return f"batch {b}, head {h}, query {start + i}, key {j}: mask has {bool(expected[i, j])}, plan has {bool(got[i, j])}"

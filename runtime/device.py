@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskc.runtime.format import Plan
+from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation
 
 _INDEX_ARRAYS = ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile")
 
@@ -29,6 +29,20 @@ class DevicePlan:
       ``intervals`` is int32 ``[batch * heads, 4, kv_len]``: for slice ``s`` and key ``j``, query
       ``i`` is masked iff ``LTS <= i < LTE`` or ``UTS <= i < UTE``, where LTS, LTE, UTS, UTE are
       ``intervals[s, 0..3, j]``.
+    - ``"dense"``/``"dense_causal"``: run by a dense library kernel, never by the tile kernels;
+      every list, ``bitmaps`` and ``intervals`` is empty.
+
+    Launch order (all int32, empty when the plan has none, meaning ascending order):
+
+    - ``row_order`` ``[batch * heads * tiles_m]``: for slice ``s``, ``row_order[s * tiles_m + i]``
+      is the query-tile row the ``i``-th forward/dQ program of that slice should take (heaviest
+      rows first). Each slice's segment is a permutation of ``[0, tiles_m)``.
+    - ``col_order`` ``[batch * heads * tiles_n]``: the same for the key-tile columns of dK/dV.
+
+    Token order: ``perm`` (int32 ``[q_len]``, or empty) is the plan's token permutation: the lists
+    describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The runtime
+    gathers q, k, v through ``perm`` before the kernels and the output through ``perm_inverse``
+    after, so the kernels only ever see the permuted problem.
     """
 
     q_len: int
@@ -48,6 +62,10 @@ class DevicePlan:
     bitmaps: torch.Tensor
     intervals: torch.Tensor
     variant: str
+    row_order: torch.Tensor
+    col_order: torch.Tensor
+    perm: torch.Tensor
+    perm_inverse: torch.Tensor
 
     @property
     def tiles_m(self) -> int:
@@ -57,12 +75,21 @@ class DevicePlan:
     def tiles_n(self) -> int:
         return -(-self.kv_len // self.block_n)
 
+    @property
+    def reordered(self) -> bool:
+        return self.perm.numel() > 0
+
     @classmethod
     def from_plan(cls, plan: Plan, device: torch.device | str | None = None) -> "DevicePlan":
         device = torch.device(device) if device is not None else torch.device("cpu")
-        tensors = {name: torch.from_numpy(plan.arrays[name].astype("<i4")).to(device) for name in _INDEX_ARRAYS}
+        dense = plan.variant in DENSE_VARIANTS  # derived lists are never walked: leave them on the host
+
+        def to_device(a) -> torch.Tensor:
+            return torch.from_numpy(a.astype("<i4")).to(device)
+
+        tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _INDEX_ARRAYS}
         bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
-        intervals = torch.from_numpy(plan.arrays["intervals"].astype("<i4")).to(device)
+        perm = plan.arrays["perm"]
         return cls(
             q_len=plan.q_len,
             kv_len=plan.kv_len,
@@ -71,8 +98,12 @@ class DevicePlan:
             block_m=plan.block_m,
             block_n=plan.block_n,
             bitmaps=bitmaps,
-            intervals=intervals,
+            intervals=to_device(plan.arrays["intervals"]),
             variant=plan.variant,
+            row_order=to_device(plan.arrays["row_order"]),
+            col_order=to_device(plan.arrays["col_order"]),
+            perm=to_device(perm),
+            perm_inverse=to_device(inverse_permutation(perm)),
             **tensors,
         )
 

@@ -7,8 +7,12 @@ and never causes an out-of-bounds access. ``plans/FORMAT.md`` is the byte-level 
 
 Version 2 adds the interval variant: a plan whose partial tiles are rebuilt from per-column row
 intervals instead of bitmaps. Its row and column lists follow from the intervals, so writers leave
-them out of the file and readers derive them (``maskc.runtime.intervals``); version 1 files, which
-are all block-sparse, still load.
+them out of the file and readers derive them (``maskc.runtime.intervals``). Version 3 adds the dense
+variants (``"dense"``: an all-true mask, ``"dense_causal"``: exactly causal; the runtime hands them
+to a dense library kernel and they store no lists), an optional token permutation (``perm``: the
+lists describe the mask with its tokens reordered, and every reader that rebuilds the mask undoes
+it), the optional launch orders ``row_order``/``col_order``, and the compiler's ``predictions``.
+Version 1 and 2 files still load.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from maskc.runtime import intervals as iv_form
 from maskc.runtime.intervals import FULL_TILE, LIST_ARRAYS
 
 MAGIC = b"MASKCPLN"
-VERSION = 2
+VERSION = 3
 _PREAMBLE = struct.Struct("<8sI32s")  # magic, format version, sha256(body)
 MAX_DIM = 2**31 - 1  # kernels index with int32 offsets
-VARIANTS = ("block_sparse", "intervals")
+VARIANTS = ("block_sparse", "intervals", "dense", "dense_causal")
+DENSE_VARIANTS = ("dense", "dense_causal")  # run by a dense library kernel: no lists, bitmaps or intervals stored
+DERIVED_LISTS = ("intervals", *DENSE_VARIANTS)  # variants whose lists readers derive (from stored or implied intervals)
 HASH_OF = ("bits", "intervals")  # what meta.mask_sha256 was computed over
 
 # name -> (dtype, number of dimensions); every plan carries all of them.
@@ -45,8 +51,14 @@ ARRAY_SPECS: dict[str, tuple[str, int]] = {
     "col_tile": ("<i4", 1),
     "bitmaps": ("<u4", 3),
     "intervals": ("<i4", 3),
+    "perm": ("<i4", 1),
+    "row_order": ("<i4", 1),
+    "col_order": ("<i4", 1),
 }
-V1_ARRAYS = tuple(name for name in ARRAY_SPECS if name != "intervals")
+ORDER_ARRAYS = ("perm", "row_order", "col_order")  # version 3; shape [0] means absent (identity)
+V2_ARRAYS = tuple(name for name in ARRAY_SPECS if name not in ORDER_ARRAYS)
+V1_ARRAYS = tuple(name for name in V2_ARRAYS if name != "intervals")
+MAX_PREDICTION_DEPTH = 8  # meta.predictions is plain nested data, at most this deep
 META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 _UMASK = os.umask(0)
@@ -67,8 +79,18 @@ class Plan:
     (``row_tile == -1``); the rest are partial tiles. A ``"block_sparse"`` plan masks them with
     ``bitmaps[row_tile]``; an ``"intervals"`` plan (partial tile id -2) with the rows of
     ``intervals[s]``, whose four rows LTS, LTE, UTS, UTE give each key column's masked query rows
-    ``[LTS, LTE) ∪ [UTS, UTE)``. ``hash_of`` says whether ``mask_sha256`` hashes the mask's bits or
-    its canonical interval vectors.
+    ``[LTS, LTE) ∪ [UTS, UTE)``. A ``"dense"`` or ``"dense_causal"`` plan is run by a dense library
+    kernel; its lists (derived, never stored) are those of the all-true or causal mask, with partial
+    tile id -2. ``hash_of`` says whether ``mask_sha256`` hashes the mask's bits or its canonical
+    interval vectors.
+
+    ``arrays["perm"]`` (int32 ``[q_len]``, or ``[0]`` when absent) reorders the tokens: the lists,
+    bitmaps and intervals describe the permuted mask ``M'[i, j] = M[perm[i], perm[j]]``, while
+    ``mask_sha256``, ``visible_pairs`` and :meth:`to_mask` stand for the original ``M``.
+    ``arrays["row_order"]`` (``[slices * tiles_m]``) and ``arrays["col_order"]``
+    (``[slices * tiles_n]``), when not ``[0]``, give per slice the order in which to launch the
+    query-tile rows and key-tile columns (heaviest first); absent means ascending.
+    ``predictions`` is the cost model's record of the candidates it compared (plain data).
     """
 
     q_len: int
@@ -83,6 +105,12 @@ class Plan:
     variant: str = "block_sparse"
     hash_of: str = "bits"
     options: dict = field(default_factory=dict)
+    predictions: dict | None = None
+
+    def __post_init__(self) -> None:
+        for name in ORDER_ARRAYS:  # optional in memory: absent means identity
+            if name not in self.arrays:
+                self.arrays = {**self.arrays, name: np.zeros(0, dtype="<i4")}
 
     @property
     def slices(self) -> int:
@@ -100,9 +128,14 @@ class Plan:
     def words_per_row(self) -> int:
         return self.block_n // 32
 
+    @property
+    def reordered(self) -> bool:
+        """Whether the plan's lists describe the mask with its tokens permuted by ``arrays["perm"]``."""
+        return self.arrays["perm"].size > 0
+
     def tile_counts(self) -> dict[str, int]:
         """Empty, full and partial tile counts over all mask slices, and distinct partial bitmaps
-        (0 for an interval plan, which stores none)."""
+        (0 for an interval or dense plan, which store none)."""
         full = int(self.arrays["row_full"].sum(dtype=np.int64))
         visited = int(self.arrays["row_col"].shape[0])
         total = self.slices * self.tiles_m * self.tiles_n
@@ -121,7 +154,8 @@ class Plan:
         atomic_write(path, encode(self))
 
     def to_mask(self) -> np.ndarray:
-        """The dense boolean mask ``[batch, heads, q_len, kv_len]`` this plan stands for."""
+        """The dense boolean mask ``[batch, heads, q_len, kv_len]`` this plan stands for (the original
+        token order, whether or not the plan is reordered)."""
         return decode_mask(self)
 
 
@@ -155,19 +189,19 @@ def _pack(plan: Plan) -> bytes:
     for name in sorted(plan.arrays):
         dtype, _ = ARRAY_SPECS[name]
         a = np.ascontiguousarray(plan.arrays[name], dtype=np.dtype(dtype))
-        if plan.variant == "intervals" and name in LIST_ARRAYS:
-            a = a[:0]  # derived from the intervals by every reader: not stored
+        if plan.variant in DERIVED_LISTS and name in LIST_ARRAYS:
+            a = a[:0]  # derived by every reader: not stored
         arrays[name] = {"dtype": dtype, "shape": list(a.shape), "data": a.tobytes()}
-    body = {
-        "meta": {
-            **{k: int(getattr(plan, k)) for k in META_INTS},
-            "mask_sha256": plan.mask_sha256,
-            "variant": plan.variant,
-            "hash_of": plan.hash_of,
-        },
-        "options": plan.options,
-        "arrays": arrays,
+    meta = {
+        **{k: int(getattr(plan, k)) for k in META_INTS},
+        "mask_sha256": plan.mask_sha256,
+        "variant": plan.variant,
+        "hash_of": plan.hash_of,
+        "reordered": plan.reordered,
     }
+    if plan.predictions is not None:
+        meta["predictions"] = plan.predictions
+    body = {"meta": meta, "options": plan.options, "arrays": arrays}
     payload = msgpack.packb(_sorted(body), use_bin_type=True)
     return _PREAMBLE.pack(MAGIC, VERSION, hashlib.sha256(payload).digest()) + payload
 
@@ -191,7 +225,7 @@ def decode(data: bytes) -> Plan:
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise PlanError(f"plan body is not valid msgpack: {e}") from None
     plan = _plan_from_body(body, version)
-    if plan.variant == "intervals" and plan.arrays["row_ptr"].size == 0:
+    if plan.variant in DERIVED_LISTS and plan.arrays["row_ptr"].size == 0:
         _derive_lists(plan)
     else:
         validate(plan)
@@ -238,7 +272,7 @@ def _plan_from_body(body, version: int) -> Plan:
     ints = {k: _field(meta, k, int, "meta.") for k in META_INTS}
     hash_of = _field(meta, "hash_of", str, "meta.") if version >= 2 else "bits"
     raw_arrays = _field(body, "arrays", dict, "")
-    names = ARRAY_SPECS if version >= 2 else V1_ARRAYS
+    names = ARRAY_SPECS if version >= 3 else V2_ARRAYS if version == 2 else V1_ARRAYS
     arrays = {}
     for name in names:
         dtype, ndim = ARRAY_SPECS[name]
@@ -259,6 +293,14 @@ def _plan_from_body(body, version: int) -> Plan:
         raise PlanError(f"plan has unknown arrays {sorted(extra)}")
     if version < 2:  # version 1 plans are all block-sparse: they carry no interval vectors
         arrays["intervals"] = np.zeros((0, 4, max(ints["kv_len"], 0)), dtype="<i4")
+    predictions = None
+    if version >= 3:
+        reordered = _field(meta, "reordered", bool, "meta.")
+        if reordered != (arrays["perm"].size > 0):
+            raise PlanError(f"plan meta.reordered is {reordered} but it {'stores no' if reordered else 'stores a'} permutation")
+        if "predictions" in meta:
+            predictions = _field(meta, "predictions", dict, "meta.")
+            _check_plain(predictions, "meta.predictions", MAX_PREDICTION_DEPTH)
     options = body.get("options", {})
     if not isinstance(options, dict):
         raise PlanError("plan field options must be a map")
@@ -269,13 +311,38 @@ def _plan_from_body(body, version: int) -> Plan:
         hash_of=hash_of,
         arrays=arrays,
         options=options,
+        predictions=predictions,
     )
+
+
+def _check_plain(value, where: str, depth: int) -> None:
+    """Refuse anything in ``value`` but nested maps with string keys, lists, strings, numbers,
+    booleans and nil, at most ``depth`` levels deep."""
+    if isinstance(value, dict):
+        if depth <= 0:
+            raise PlanError(f"plan field {where} is nested too deeply")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise PlanError(f"plan field {where} has a key that is not a string")
+            _check_plain(v, f"{where}.{k}", depth - 1)
+    elif isinstance(value, list):
+        if depth <= 0:
+            raise PlanError(f"plan field {where} is nested too deeply")
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]", depth - 1)
+    elif not (value is None or isinstance(value, (bool, int, float, str))):
+        raise PlanError(f"plan field {where} holds a {type(value).__name__}; only plain data is allowed")
 
 
 def validate(plan: Plan) -> None:
     """Check every dimension and index of a plan; raise PlanError naming the first fault."""
     _check_header(plan)
-    if plan.variant == "intervals":
+    _check_orders(plan)
+    if plan.predictions is not None:
+        if not isinstance(plan.predictions, dict):
+            raise PlanError("plan predictions must be a map")
+        _check_plain(plan.predictions, "predictions", MAX_PREDICTION_DEPTH)
+    if plan.variant in DERIVED_LISTS:
         expected = _interval_lists(plan)
         for name in LIST_ARRAYS:
             if not np.array_equal(plan.arrays[name], expected[name]):
@@ -299,6 +366,36 @@ def validate(plan: Plan) -> None:
         raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its tiles hold {pairs}")
 
 
+def _check_orders(plan: Plan) -> None:
+    """``perm`` is absent or a permutation of the tokens (self-attention only); ``row_order`` and
+    ``col_order`` are absent or, slice by slice, permutations of the tile rows and columns."""
+    perm = plan.arrays["perm"]
+    if perm.size:
+        if plan.variant in DENSE_VARIANTS:
+            raise PlanError(f"a {plan.variant} plan cannot be reordered: it stores no permutation")
+        if plan.q_len != plan.kv_len:
+            raise PlanError(f"plan has a permutation but q_len={plan.q_len} differs from kv_len={plan.kv_len}; only self-attention masks are reordered")
+        _check_permutation(perm, plan.q_len, 1, "perm")
+    for name, per_slice in (("row_order", plan.tiles_m), ("col_order", plan.tiles_n)):
+        order = plan.arrays[name]
+        if order.size and plan.variant in DENSE_VARIANTS:
+            raise PlanError(f"a {plan.variant} plan runs no tile kernel: it stores no {name}")
+        if order.size:
+            _check_permutation(order, per_slice, plan.slices, name)
+
+
+def _check_permutation(values: np.ndarray, n: int, groups: int, name: str) -> None:
+    """``values`` is ``groups`` consecutive permutations of ``[0, n)``."""
+    if values.shape != (groups * n,):
+        raise PlanError(f"plan {name} has {values.shape[0]} entries, expected 0 or {groups * n}")
+    v = values.astype(np.int64)
+    if np.any(v < 0) or np.any(v >= n):
+        raise PlanError(f"plan {name} holds an index outside [0, {n})")
+    seen = np.bincount(v + np.repeat(np.arange(groups, dtype=np.int64) * n, n), minlength=groups * n)
+    if np.any(seen != 1):
+        raise PlanError(f"plan {name} is not a permutation: an index appears {'twice' if seen.max() > 1 else 'never'}")
+
+
 def _check_header(plan: Plan) -> None:
     """Dimensions, tile sizes, variant, hash, and the shapes of the bitmap and interval arrays."""
     for k in ("q_len", "kv_len", "batch", "heads"):
@@ -318,17 +415,20 @@ def _check_header(plan: Plan) -> None:
         raise PlanError("plan mask_sha256 is not a 64-digit lowercase hex string")
     if set(plan.arrays) != set(ARRAY_SPECS):
         raise PlanError(f"plan arrays {sorted(plan.arrays)} do not match {sorted(ARRAY_SPECS)}")
-    intervals = plan.variant == "intervals"
+    bitmap_free = plan.variant != "block_sparse"
     bm = plan.arrays["bitmaps"]
-    if bm.shape[1:] != (plan.block_m, plan.words_per_row) or (intervals and bm.shape[0] != 0):
-        expected = f"[{'0' if intervals else 'P'}, {plan.block_m}, {plan.words_per_row}]"
+    if bm.shape[1:] != (plan.block_m, plan.words_per_row) or (bitmap_free and bm.shape[0] != 0):
+        expected = f"[{'0' if bitmap_free else 'P'}, {plan.block_m}, {plan.words_per_row}]"
         raise PlanError(f"plan bitmaps shape {list(bm.shape)} is not {expected} for a {plan.variant} plan of {plan.block_m}x{plan.block_n} tiles")
+    intervals = plan.variant == "intervals"
     iv = plan.arrays["intervals"]
     slices = plan.slices if intervals else 0
     if iv.shape != (slices, 4, plan.kv_len):
         raise PlanError(f"plan intervals shape {list(iv.shape)} is not [{slices}, 4, {plan.kv_len}] for a {plan.variant} plan")
-    if intervals and plan.tiles_m * plan.tiles_n > iv_form.MAX_TILES_PER_SLICE:
-        raise PlanError(f"plan has {plan.tiles_m}x{plan.tiles_n} tiles per slice; an interval plan may have at most {iv_form.MAX_TILES_PER_SLICE}")
+    if plan.variant == "dense_causal" and plan.q_len != plan.kv_len:
+        raise PlanError(f"a dense_causal plan must be square; q_len={plan.q_len}, kv_len={plan.kv_len}")
+    if plan.variant in DERIVED_LISTS and plan.tiles_m * plan.tiles_n > iv_form.MAX_TILES_PER_SLICE:
+        raise PlanError(f"plan has {plan.tiles_m}x{plan.tiles_n} tiles per slice; an {plan.variant} plan may have at most {iv_form.MAX_TILES_PER_SLICE}")
     if intervals:
         ends_ok = (iv[:, 0::2] >= 0) & (iv[:, 0::2] <= iv[:, 1::2]) & (iv[:, 1::2] <= plan.q_len)
         if not ends_ok.all():
@@ -337,23 +437,42 @@ def _check_header(plan: Plan) -> None:
             raise PlanError(f"plan intervals {name} of slice {s}, key {j} are {iv[s, 2 * pair, j]}/{iv[s, 2 * pair + 1, j]}; they must satisfy 0 <= start <= end <= q_len={plan.q_len}")
 
 
+def dense_intervals(variant: str, slices: int, q_len: int, kv_len: int) -> np.ndarray:
+    """The canonical interval vectors ``[slices, 4, kv_len]`` of a dense variant's mask: nothing
+    masked (``"dense"``), or key ``j`` masked for queries ``[0, j)`` (``"dense_causal"``)."""
+    out = np.empty((slices, 4, kv_len), dtype="<i4")
+    out[:, iv_form.LTS] = q_len
+    out[:, iv_form.LTE] = q_len
+    out[:, iv_form.UTS] = 0
+    out[:, iv_form.UTE] = np.arange(kv_len) if variant == "dense_causal" else 0
+    return out
+
+
+def interval_vectors(plan: Plan) -> np.ndarray:
+    """The interval vectors the lists of an interval or dense plan follow from: stored, or implied."""
+    if plan.variant in DENSE_VARIANTS:
+        return dense_intervals(plan.variant, plan.slices, plan.q_len, plan.kv_len)
+    return plan.arrays["intervals"]
+
+
 def _interval_lists(plan: Plan) -> dict[str, np.ndarray]:
-    """The row and column lists an interval plan's (checked) vectors make."""
-    return iv_form.tile_lists(plan.arrays["intervals"], plan.q_len, plan.block_m, plan.block_n)
+    """The row and column lists an interval or dense plan's (checked) vectors make."""
+    return iv_form.tile_lists(interval_vectors(plan), plan.q_len, plan.block_m, plan.block_n)
 
 
 def _check_interval_pairs(plan: Plan) -> None:
-    pairs = plan.slices * plan.q_len * plan.kv_len - iv_form.masked_pairs(plan.arrays["intervals"])
+    pairs = plan.slices * plan.q_len * plan.kv_len - iv_form.masked_pairs(interval_vectors(plan))
     if pairs != plan.visible_pairs:
         raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its intervals leave {pairs}")
 
 
 def _derive_lists(plan: Plan) -> None:
-    """Fill in the lists an interval plan file leaves out (all eight must be absent), checking the rest."""
+    """Fill in the lists an interval or dense plan file leaves out (all eight must be absent), checking the rest."""
     _check_header(plan)
+    _check_orders(plan)
     stored = [name for name in LIST_ARRAYS if plan.arrays[name].size]
     if stored:
-        raise PlanError(f"plan stores {stored[0]} but not row_ptr: an interval plan stores all eight lists or none")
+        raise PlanError(f"plan stores {stored[0]} but not row_ptr: an {plan.variant} plan stores all eight lists or none")
     plan.arrays.update(_interval_lists(plan))
     _check_interval_pairs(plan)
 
@@ -406,22 +525,30 @@ def bitmap_bits(plan: Plan) -> np.ndarray:
 
 
 def tile_row(plan: Plan, s: int, m: int, bits: np.ndarray | None = None) -> np.ndarray:
-    """The mask rows of query tile row ``m`` of slice ``s``: bools ``[rows in the tile, kv_len]``.
+    """Rows of query tile row ``m`` of slice ``s`` of the plan's own mask (the permuted one, for a
+    reordered plan): bools ``[rows in the tile, kv_len]``.
 
     Built from the tiles the row list visits: full tiles are all True, partial tiles come from the
     bitmaps (``bits``, from :func:`bitmap_bits`, saves unpacking them per call) or the intervals.
     """
+    start = m * plan.block_m
+    return _plan_rows(plan, s, m, np.arange(min(plan.block_m, plan.q_len - start)), bits)
+
+
+def _plan_rows(plan: Plan, s: int, m: int, offsets: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+    """Rows ``m * block_m + offsets`` of slice ``s`` of the plan's own mask, from tile row ``m``'s list."""
     bm, bn = plan.block_m, plan.block_n
-    start, stop = m * bm, min((m + 1) * bm, plan.q_len)
     row = s * plan.tiles_m + m
     lo, hi = int(plan.arrays["row_ptr"][row]), int(plan.arrays["row_ptr"][row + 1])
     n_full = int(plan.arrays["row_full"][row])
-    out = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
-    if plan.variant == "intervals":
-        partial_bits = np.zeros((bm, plan.tiles_n * bn), dtype=bool)
+    out = np.zeros((offsets.size, plan.tiles_n * bn), dtype=bool)
+    from_intervals = plan.variant in DERIVED_LISTS
+    if from_intervals:
+        partial_bits = np.zeros((offsets.size, plan.tiles_n * bn), dtype=bool)
         if hi - lo > n_full:
-            partial_bits[: stop - start, : plan.kv_len] = iv_form.visible_rows(plan.arrays["intervals"][s], start, stop)
-    else:
+            rows = (m * bm + offsets.astype(np.int64))[:, None]
+            partial_bits[:, : plan.kv_len] = ~iv_form.masked_rows(interval_vectors(plan)[s], rows)
+    elif hi - lo > n_full:
         bits = bitmap_bits(plan) if bits is None else bits
     for e in range(lo, hi):
         n, t = int(plan.arrays["row_col"][e]), int(plan.arrays["row_tile"][e])
@@ -429,12 +556,42 @@ def tile_row(plan: Plan, s: int, m: int, bits: np.ndarray | None = None) -> np.n
         if e - lo < n_full:
             out[:, cols] = True
         else:
-            out[:, cols] = partial_bits[:, cols] if plan.variant == "intervals" else bits[t]
-    return out[: stop - start, : plan.kv_len]
+            out[:, cols] = partial_bits[:, cols] if from_intervals else bits[t][offsets]
+    return out[:, : plan.kv_len]
+
+
+def mask_rows(plan: Plan, s: int, start: int, stop: int, bits: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of slice ``s`` of the mask the plan stands for, in the original token
+    order: bools ``[stop - start, kv_len]``. For a reordered plan each original row ``t`` is row
+    ``inverse[t]`` of the plan's mask with its columns taken back through the inverse permutation;
+    rows are rebuilt one by one from their tile rows' lists, never a whole tile row more than needed.
+    """
+    bm = plan.block_m
+    if not plan.reordered:
+        first, last = start // bm, -(-stop // bm)
+        parts = [tile_row(plan, s, m, bits) for m in range(first, last)]
+        block = np.concatenate(parts) if parts else np.zeros((0, plan.kv_len), dtype=bool)
+        return block[start - first * bm : stop - first * bm]
+    inverse = inverse_permutation(plan.arrays["perm"])
+    wanted = inverse[start:stop].astype(np.int64)
+    out = np.empty((stop - start, plan.kv_len), dtype=bool)
+    tile_of = wanted // bm
+    for m in np.unique(tile_of):
+        pick = np.flatnonzero(tile_of == m)
+        out[pick] = _plan_rows(plan, s, int(m), wanted[pick] - m * bm, bits)
+    return out[:, inverse]
+
+
+def inverse_permutation(perm: np.ndarray) -> np.ndarray:
+    """``inverse`` with ``inverse[perm[i]] = i`` (int32)."""
+    inverse = np.empty(perm.shape[0], dtype="<i4")
+    inverse[perm] = np.arange(perm.shape[0], dtype="<i4")
+    return inverse
 
 
 def tile_map(plan: Plan, s: int = 0) -> np.ndarray:
-    """Tile classes of slice ``s`` as int8 ``[tiles_m, tiles_n]``: 0 empty, 1 full, 2 partial."""
+    """Tile classes of slice ``s`` as int8 ``[tiles_m, tiles_n]``: 0 empty, 1 full, 2 partial (of the
+    plan's own, possibly permuted, mask: the tiles the kernels visit)."""
     out = np.zeros((plan.tiles_m, plan.tiles_n), dtype=np.int8)
     ptr = plan.arrays["row_ptr"].astype(np.int64)
     first = s * plan.tiles_m
@@ -448,10 +605,14 @@ def tile_map(plan: Plan, s: int = 0) -> np.ndarray:
 
 
 def decode_mask(plan: Plan) -> np.ndarray:
-    """Rebuild the dense mask ``[batch, heads, q_len, kv_len]`` from the plan's row lists."""
+    """Rebuild the dense mask ``[batch, heads, q_len, kv_len]`` from the plan's row lists, in the
+    original token order (a reordered plan's permutation is undone)."""
     bits = bitmap_bits(plan)
     out = np.empty((plan.slices, plan.q_len, plan.kv_len), dtype=bool)
     for s in range(plan.slices):
         for m in range(plan.tiles_m):
             out[s, m * plan.block_m:(m + 1) * plan.block_m] = tile_row(plan, s, m, bits)
+    if plan.reordered:
+        inverse = inverse_permutation(plan.arrays["perm"])
+        out = out[:, inverse][:, :, inverse]
     return out.reshape(plan.batch, plan.heads, plan.q_len, plan.kv_len)

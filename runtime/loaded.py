@@ -2,6 +2,14 @@
 
 A plan is decoded and validated once, moved to a device once, and each call only checks shapes and
 launches the backend, forward and backward (through autograd). Nothing is analysed per step.
+
+Two kinds of plan take another route. A ``"dense"`` or ``"dense_causal"`` plan (an all-true or
+exactly causal mask) calls ``torch.nn.functional.scaled_dot_product_attention`` with no mask or
+``is_causal=True``, which picks the fastest dense kernel the machine has (cuDNN or flash on a GPU);
+it does so whatever the backend, CPU included. A reordered plan gathers q, k and v into its token
+order (one ``index_select`` each), runs the backend on the permuted problem and gathers the output
+back through the inverse permutation; the gradients come back the same way, so callers never see
+the reordering.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import torch
 from maskc.runtime import format as plan_format
 from maskc.runtime import reference
 from maskc.runtime.device import DevicePlan
-from maskc.runtime.format import Plan, PlanError
+from maskc.runtime.format import DENSE_VARIANTS, Plan, PlanError
 
 BACKENDS = ("auto", "triton", "reference")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -34,6 +42,21 @@ class _Attention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = ctx.backend.backward(do.contiguous(), q, k, v, o, lse, ctx.dplan, ctx.scale)
         return dq, dk, dv, None, None, None
+
+
+class _Gather(torch.autograd.Function):
+    """``x.index_select(2, index)`` along the sequence dim, whose backward gathers the gradient back
+    through ``inverse`` (a permutation's transpose is its inverse: a gather, no scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(2, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(2, inverse), None, None
 
 
 class LoadedPlan:
@@ -64,7 +87,14 @@ class LoadedPlan:
         self._check(q, k, v)
         impl = _backend(backend, q)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        return _Attention.apply(q, k, v, self.on(q.device), scale, impl)
+        dplan = self.on(q.device)
+        if dplan.variant in DENSE_VARIANTS:
+            return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
+        if not dplan.reordered:
+            return _Attention.apply(q, k, v, dplan, scale, impl)
+        perm, inverse = dplan.perm, dplan.perm_inverse
+        q, k, v = (_Gather.apply(t, perm, inverse) for t in (q, k, v))
+        return _Gather.apply(_Attention.apply(q, k, v, dplan, scale, impl), inverse, perm)
 
     __call__ = attention
 
@@ -91,7 +121,7 @@ class LoadedPlan:
 
     def __repr__(self) -> str:
         p = self.plan
-        return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant})"
+        return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant}{', reordered' if p.reordered else ''})"
 
 
 def load_plan(source: str | os.PathLike | bytes | Plan, device: torch.device | str | None = None) -> LoadedPlan:
@@ -114,6 +144,22 @@ def attention(
     """Functional form of :meth:`LoadedPlan.attention`; pass a LoadedPlan to avoid reloading."""
     loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
     return loaded.attention(q, k, v, scale=scale, backend=backend)
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """SDPA with no mask or ``is_causal``; grouped k/v heads through ``enable_gqa`` (torch >= 2.5),
+    else repeated for their query heads."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq == hkv:
+        return sdpa(q, k, v, is_causal=causal, scale=scale)
+    if _HAS_ENABLE_GQA:
+        return sdpa(q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    k, v = (t[:, :, None].expand(t.shape[0], hkv, hq // hkv, *t.shape[2:]).reshape(q.shape[0], hq, *t.shape[2:]) for t in (k, v))
+    return sdpa(q, k, v, is_causal=causal, scale=scale)
+
+
+_HAS_ENABLE_GQA = torch.__version__ >= "2.5"  # TorchVersion compares as a version
 
 
 def _backend(name: str, q: torch.Tensor):

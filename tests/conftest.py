@@ -37,3 +37,31 @@ def rel_err(a, b) -> float:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def no_shipped_profile(monkeypatch):
+    """``block="auto"`` follows the fixed rules unless a test names a profile: a GPU profile shipped
+    with the package must not change what the suite sees."""
+    monkeypatch.setenv("MASKC_PROFILE", "none")
+
+
+def make_profile(name: str = "Test GPU", head_dim: int = 128, dtype: str = "bf16", tile_ms: float = 0.001, partial_ms: float = 0.0015,
+                 pair_ms: float = 1e-9, row_ms: float = 1e-6, kernels=("block_sparse", "intervals")) -> dict:
+    """A ``maskc-profile/1`` dict with made-up constants, for tests of the cost model's plumbing only."""
+    entries = []
+    for kernel in kernels:
+        for pass_, factor in (("fwd", 1.0), ("bwd", 2.5)):
+            for block in (64, 128):
+                area = (block / 128) ** 2
+                entries.append({"kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": head_dim, "dtype": dtype,
+                                "launch_ms": 0.01, "program_ms": 0.0005 * factor, "full_tile_ms": tile_ms * factor * area,
+                                "partial_tile_ms": partial_ms * factor * area * (1.2 if kernel == "intervals" else 1.0), "concurrency": 132.0})
+    return {
+        "schema": "maskc-profile/1",
+        "device": {"kind": "test", "name": name},
+        "kernels": entries,
+        "gather": [{"head_dim": head_dim, "dtype": dtype, "launch_ms": 0.01, "row_ms": row_ms}],
+        "sdpa": [{"mask": mask, "pass": pass_, "head_dim": head_dim, "dtype": dtype, "launch_ms": 0.01, "pair_ms": pair_ms * (2.5 if pass_ == "bwd" else 1.0)}
+                 for mask in ("full", "causal") for pass_ in ("fwd", "bwd")],
+    }

@@ -164,3 +164,29 @@ def test_cli_module_does_not_import_torch():
     code = "import sys, maskc.cli.bench_cmd; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "False"
+
+
+def test_predicted_next_to_measured_and_every_candidate_timed(tmp_path):
+    from conftest import make_profile
+
+    import maskc
+    from maskc import cost
+
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps(make_profile(head_dim=32, dtype="fp32")))
+    cfg = bench.BenchConfig(masks=["causal"], **TINY, dense_causal=False, sdpa=False, profile=str(profile), candidates=True)
+    res = bench.run_bench(cfg, command="test")
+    assert res["environment"]["profile"] == "Test GPU"
+    rows = {r["method"]: r for r in res["results"]}
+    causal = rows["maskc"]
+    assert causal["detail"]["candidate"] == "dense_causal" and causal["rel_err"] < 1e-5
+    assert causal["detail"]["predicted"]["fwd_ms"] > 0 and "predicted fwd" in causal["notes"]
+    assert set(rows) == {"maskc", "maskc:block_sparse/64x64", "maskc:block_sparse/128x128", "maskc:intervals/64x64", "maskc:intervals/128x128"}
+    for method, r in rows.items():
+        assert r["fwd_ms"] > 0 and r["rel_err"] < 1e-5 and r["detail"]["predicted"]["fwd_bwd_ms"] > 0, r
+    table = bench.format_table(res)
+    assert "pred fwd" in table and "pred f+b" in table and "maskc:intervals/64x64" in table
+    # the scattered band: the cost model reorders it
+    case = bench.build_mask("permuted_band", 2048)
+    plan = maskc.compile(case.source, profile=str(profile), workload=cost.Workload(heads=2, head_dim=32, dtype="fp32"))
+    assert plan.reordered and cost.plan_candidate(plan).name.endswith("+rcm")

@@ -141,3 +141,56 @@ def test_interrupted_compile_leaves_no_file(runner, mask_file, tmp_path, monkeyp
     result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--no-cache"])
     assert result.exit_code != 0
     assert not (tmp_path / "m.plan").exists() and not list(tmp_path.glob(".m.plan*"))
+
+
+def test_dense_and_reordered_plans_through_the_cli(runner, tmp_path):
+    causal = tmp_path / "causal.npy"
+    np.save(causal, np.tri(256, dtype=bool))
+    plan = tmp_path / "c.plan"
+    assert "dense_causal" in compile_ok(runner, causal, plan, "--variant", "dense_causal").output
+    assert "(run by SDPA)" in runner.invoke(cli, ["inspect", str(plan)]).output
+    assert runner.invoke(cli, ["verify", str(plan), str(causal)]).exit_code == 0
+    i = np.arange(256)
+    order = np.random.default_rng(0).permutation(256)
+    band = (np.abs(i[:, None] - i[None, :]) < 8)[order][:, order]
+    scrambled = tmp_path / "band.npy"
+    np.save(scrambled, band)
+    compile_ok(runner, scrambled, plan, "--block", "32x32", "--reorder", "rcm")
+    info = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json"]).output)
+    assert info["reordered"] is True and info["perm"]["length"] == 256 and info["perm"]["method"] == "rcm"
+    assert info["perm"]["tiles_after"]["full"] + info["perm"]["tiles_after"]["partial"] == info["tiles_full"] + info["tiles_partial"]
+    assert info["tiles_full"] + info["tiles_partial"] < info["perm"]["tiles_before"]["partial"]
+    assert "reordered   rcm: tiles 64 -> " in runner.invoke(cli, ["inspect", str(plan)]).output
+    assert runner.invoke(cli, ["verify", str(plan), str(scrambled)]).exit_code == 0
+    assert_user_error(runner.invoke(cli, ["compile", str(scrambled), "-o", str(plan), "--variant", "dense"]), "is not all-true")
+
+
+def test_predictions_through_the_cli(runner, tmp_path):
+    from conftest import make_profile
+
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps(make_profile()))
+    causal = tmp_path / "causal.npy"
+    np.save(causal, np.tri(512, dtype=bool))
+    plan = tmp_path / "c.plan"
+    out = compile_ok(runner, causal, plan, "--profile", str(profile)).output
+    assert "dense_causal" in out and "predicted fwd" in out and "(Test GPU)" in out
+    human = runner.invoke(cli, ["inspect", str(plan)]).output
+    assert "predicted   profile Test GPU, B=1 H=16 D=128 bf16, objective fwd_bwd" in human
+    assert "* dense_causal" in human and "  block_sparse/64x64" in human
+    info = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json"]).output)
+    assert info["predictions"]["chosen"] == "dense_causal" and "block_sparse/128x128" in info["predictions"]["candidates"]
+    again = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json", "--profile", str(profile), "--workload", "batch=4"]).output)
+    stored = info["predictions"]["candidates"]["dense_causal"]["fwd_ms"]
+    assert again["reevaluated"]["workload"]["batch"] == 4 and again["reevaluated"]["candidates"]["dense_causal"]["fwd_ms"] > stored
+    assert "(re-evaluated)" in runner.invoke(cli, ["inspect", str(plan), "--profile", str(profile), "--workload", "head_dim=64"]).output
+    assert_user_error(runner.invoke(cli, ["inspect", str(plan), "--workload", "batch=2"]), "no profile to predict with")
+    assert_user_error(runner.invoke(cli, ["compile", str(causal), "-o", str(plan), "--profile", "Nope GPU"]), "run 'maskc calibrate' on that GPU")
+    assert_user_error(runner.invoke(cli, ["compile", str(causal), "-o", str(plan), "--workload", "heads=x"]), "must be an integer")
+    explicit = tmp_path / "e.plan"
+    compile_ok(runner, causal, explicit, "--block", "64x64", "--variant", "block_sparse")
+    out = runner.invoke(cli, ["inspect", str(explicit), "--profile", str(profile)]).output
+    assert "* block_sparse/64x64" in out and "(re-evaluated)" in out and "fwd+bwd" in out
+    none = compile_ok(runner, causal, plan, "--no-cache").output
+    assert "block_sparse" in none and "predicted" not in none
+    assert "predicted   none: no cost-model profile" in runner.invoke(cli, ["inspect", str(plan)]).output

@@ -294,25 +294,38 @@ def test_block_sparse_plans_carry_no_intervals():
         fmt.encode(_with_array(plan, "intervals", np.zeros((1, 4, 300), dtype="<i4")))
 
 
-def _v1_bytes(plan: fmt.Plan) -> bytes:
-    """A plan as format version 1 wrote it: no intervals array, no hash_of."""
+def _old_bytes(plan: fmt.Plan, version: int) -> bytes:
+    """A plan as format version 1 or 2 wrote it: no v3 arrays and no meta.reordered; version 1 also
+    no intervals array and no hash_of."""
     import hashlib
 
     body = _body(plan)
-    del body["arrays"]["intervals"], body["meta"]["hash_of"]
+    for name in fmt.ORDER_ARRAYS:
+        del body["arrays"][name]
+    del body["meta"]["reordered"]
+    if version == 1:
+        del body["arrays"]["intervals"], body["meta"]["hash_of"]
     payload = msgpack.packb(body, use_bin_type=True)
-    return struct.pack("<8sI32s", fmt.MAGIC, 1, hashlib.sha256(payload).digest()) + payload
+    return struct.pack("<8sI32s", fmt.MAGIC, version, hashlib.sha256(payload).digest()) + payload
 
 
-def test_version_1_files_still_load():
-    plan = _causal_plan()
-    back = fmt.decode(_v1_bytes(plan))
-    assert back.variant == "block_sparse" and back.hash_of == "bits" and back.to_bytes() == plan.to_bytes()
+def _unscheduled(plan: fmt.Plan) -> fmt.Plan:
+    return dataclasses.replace(plan, arrays={k: v for k, v in plan.arrays.items() if k not in fmt.ORDER_ARRAYS})
+
+
+def test_version_1_and_2_files_still_load():
+    plan = _unscheduled(_causal_plan())
+    for version in (1, 2):
+        back = fmt.decode(_old_bytes(plan, version))
+        assert back.variant == "block_sparse" and back.hash_of == "bits" and back.to_bytes() == plan.to_bytes()
+        assert not back.reordered and all(back.arrays[name].size == 0 for name in fmt.ORDER_ARRAYS)
+    interval_plan = _unscheduled(_interval_plan())
+    assert fmt.decode(_old_bytes(interval_plan, 2)).to_bytes() == interval_plan.to_bytes()
     with pytest.raises(PlanError, match="intervals shape"):  # version 1 knew no interval plans
-        fmt.decode(_v1_bytes(_interval_plan()))
+        fmt.decode(_old_bytes(interval_plan, 1))
     body = _body(plan)
     del body["meta"]["hash_of"]
-    with pytest.raises(PlanError, match="meta.hash_of is missing"):  # ... but version 2 requires it
+    with pytest.raises(PlanError, match="meta.hash_of is missing"):  # ... but version 2 and later require it
         fmt.decode(_repack(body))
 
 
@@ -334,3 +347,124 @@ def test_fuzz_interval_plan_files(data):
 
 
 _FUZZ_INTERVALS = maskc.compile(np.tril(np.ones((2, 70, 90), dtype=bool), k=5), block=(32, 32), variant="intervals").to_bytes()
+
+
+# --- version 3: permutations, launch orders, dense plans, predictions -------------------------------
+
+
+def _reordered_plan() -> fmt.Plan:
+    i = np.arange(200)
+    band = np.abs(i[:, None] - i[None, :]) < 6
+    order = np.random.default_rng(3).permutation(200)
+    return maskc.compile(np.stack([band[order][:, order], band]), block=32, reorder="rcm")
+
+
+def _v3_corrupt_cases():
+    plan = _reordered_plan()
+    a = plan.arrays
+    perm = a["perm"]
+    rows = a["row_order"]
+    tm = plan.tiles_m
+    crossing = rows.copy()
+    crossing[[0, tm]] = crossing[[tm, 0]] + np.array([tm, -tm])  # each slice's entries still in range, one repeated
+    return {
+        "perm repeats an index": _with_array(plan, "perm", np.where(perm == perm[1], perm[0], perm).astype("<i4")),
+        "perm out of range": _with_array(plan, "perm", np.where(perm == perm[0], 200, perm).astype("<i4")),
+        "perm too short": _with_array(plan, "perm", perm[:-1].copy()),
+        "row_order repeats a row": _with_array(plan, "row_order", np.where(rows == rows[0], rows[1], rows).astype("<i4")),
+        "row_order beyond the slice": _with_array(plan, "row_order", np.where(np.arange(rows.size) == 0, tm, rows).astype("<i4")),
+        "row_order swaps across slices": _with_array(plan, "row_order", crossing.astype("<i4")),
+        "col_order of the wrong length": _with_array(plan, "col_order", a["col_order"][: plan.tiles_n].copy()),
+        "predictions not plain": dataclasses.replace(plan, predictions={"a": {1: 2}}),
+        "predictions too deep": dataclasses.replace(plan, predictions=_nested(12)),
+    }
+
+
+def _nested(depth: int) -> dict:
+    out: dict = {"x": 1}
+    for _ in range(depth):
+        out = {"x": out}
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(_v3_corrupt_cases()))
+def test_inconsistent_v3_plans_are_refused(case):
+    bad = _v3_corrupt_cases()[case]
+    with pytest.raises(PlanError):
+        fmt.encode(bad)
+    if "predictions not plain" not in case:  # msgpack itself cannot hold an integer map key here
+        with pytest.raises(PlanError):
+            fmt.decode(fmt._pack(bad))
+
+
+def test_reordered_flag_must_match_the_permutation():
+    body = _body(_reordered_plan())
+    body["meta"]["reordered"] = False
+    with pytest.raises(PlanError, match="meta.reordered is False but it stores a permutation"):
+        fmt.decode(_repack(body))
+    body = _body(_unscheduled(_causal_plan()))
+    body["meta"]["reordered"] = True
+    with pytest.raises(PlanError, match="stores no permutation"):
+        fmt.decode(_repack(body))
+    body["meta"]["reordered"] = 1
+    with pytest.raises(PlanError, match="meta.reordered must be bool"):
+        fmt.decode(_repack(body))
+
+
+def test_a_permutation_needs_a_square_block_sparse_plan():
+    rect = maskc.compile(np.tril(np.ones((64, 96), dtype=bool)), block=32)
+    with pytest.raises(PlanError, match="only self-attention masks are reordered"):
+        fmt.encode(_with_array(rect, "perm", np.arange(64, dtype="<i4")))
+    dense = maskc.compile(np.ones((64, 64), dtype=bool), block=32, variant="dense")
+    with pytest.raises(PlanError, match="cannot be reordered"):
+        fmt.encode(_with_array(dense, "perm", np.arange(64, dtype="<i4")))
+    with pytest.raises(PlanError, match="stores no row_order"):
+        fmt.encode(_with_array(dense, "row_order", np.arange(2, dtype="<i4")))
+
+
+def test_dense_plans_are_checked_like_interval_plans():
+    dense = maskc.compile(np.tri(96, dtype=bool), block=32, variant="dense_causal")
+    assert fmt.decode(_repack(_body(dense, store_lists=True))).to_bytes() == dense.to_bytes()
+    with pytest.raises(PlanError, match="visible_pairs"):
+        fmt.encode(dataclasses.replace(dense, visible_pairs=dense.visible_pairs + 1))
+    with pytest.raises(PlanError, match="must be square"):
+        fmt.decode(fmt._pack(_with_array(dataclasses.replace(dense, kv_len=128), "intervals", np.zeros((0, 4, 128), dtype="<i4"))))
+    wrong = _with_array(dense, "row_full", np.zeros_like(dense.arrays["row_full"]))
+    with pytest.raises(PlanError, match="what its intervals make"):
+        fmt.decode(_repack(_body(wrong, store_lists=True)))
+    with pytest.raises(PlanError, match="bitmaps shape"):
+        fmt.encode(_with_array(dense, "bitmaps", np.zeros((1, 32, 1), dtype="<u4")))
+
+
+def test_launch_orders_are_heaviest_first():
+    plan = maskc.compile(np.tril(np.ones((256, 256), dtype=bool)), block=64)
+    assert plan.arrays["row_order"].tolist() == [3, 2, 1, 0]  # the last row of a causal mask visits the most tiles
+    assert plan.arrays["col_order"].size == 0  # the first column does: ascending order is left out
+    two = maskc.compile(np.stack([np.tril(np.ones((256, 256), dtype=bool)), np.triu(np.ones((256, 256), dtype=bool))]), block=64)
+    assert two.arrays["row_order"].tolist() == [3, 2, 1, 0, 0, 1, 2, 3]  # per slice
+    assert two.arrays["col_order"].tolist() == [0, 1, 2, 3, 3, 2, 1, 0]
+    back = fmt.decode(two.to_bytes())
+    assert np.array_equal(back.arrays["row_order"], two.arrays["row_order"])
+    none = maskc.compile(np.tril(np.ones((256, 256), dtype=bool)), block=64, schedule="none")
+    assert none.arrays["row_order"].size == none.arrays["col_order"].size == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_fuzz_reordered_plan_files(data):
+    """Any damage to a reordered plan file fails with PlanError or decodes to a consistent mask."""
+    raw = bytearray(_FUZZ_REORDERED)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(44, len(raw) - 1))
+        raw[i] ^= data.draw(st.integers(1, 255))
+    try:
+        plan = fmt.decode(_reseal(bytes(raw)))
+    except PlanError:
+        return
+    mask = plan.to_mask()
+    assert int(mask.sum()) == plan.visible_pairs
+    if plan.reordered:
+        assert sorted(plan.arrays["perm"].tolist()) == list(range(plan.q_len))
+
+
+_FUZZ_REORDERED = maskc.compile(np.random.default_rng(9).random((60, 60)) < 0.1, block=32, reorder="rcm").to_bytes()

@@ -22,6 +22,22 @@ def test_there_are_golden_plans():
 
 def test_every_variant_has_golden_plans():
     assert {e.get("variant", "block_sparse") for e in MANIFEST if e["file"].startswith("v2-")} == {"block_sparse", "intervals"}
+    v3 = [e for e in MANIFEST if e["file"].startswith("v3-")]
+    assert {e["variant"] for e in v3} == {"block_sparse", "intervals", "dense", "dense_causal"}
+    assert any(e.get("reordered") for e in v3) and any(e["file"].endswith("-auto.plan") for e in v3)
+
+
+def test_version_3_golden_plans_carry_their_new_fields():
+    reordered = load(GOLDEN / "v3-hash_buckets-rcm.plan")
+    assert reordered.reordered and sorted(reordered.arrays["perm"].tolist()) == list(range(reordered.q_len))
+    assert reordered.options["reorder"]["method"] == "rcm"
+    causal = load(GOLDEN / "v3-causal.plan")
+    assert causal.arrays["row_order"].tolist() == [4, 3, 2, 1, 0] and not causal.reordered
+    auto = load(GOLDEN / "v3-documents-auto.plan")
+    assert auto.predictions["candidates"] == {} and auto.predictions["chosen"] is None and "no cost-model profile" in auto.predictions["note"]
+    for name in ("v3-full-dense.plan", "v3-causal-dense_causal.plan"):
+        dense = load(GOLDEN / name)
+        assert dense.arrays["bitmaps"].shape[0] == 0 and dense.arrays["row_order"].size == 0
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[e["file"] for e in MANIFEST])

@@ -5,7 +5,9 @@
 Golden plans are frozen once released: every later maskc must load them and decode them to the
 masks named in MANIFEST.json (tests/test_golden.py). Run this only to add the plans of a new
 format version, never to rewrite old ones. From version 2 on, each case is written in every
-variant it fits: ``v2-KIND.plan`` (block-sparse) and ``v2-KIND-intervals.plan``.
+variant it fits: ``v2-KIND.plan`` (block-sparse) and ``v2-KIND-intervals.plan``. From version 3 on,
+the extra cases add the dense variants, a reordered plan and a plan compiled with ``block="auto"``
+(without a profile, so its predictions record only why there are none): ``v3-KIND-SUFFIX.plan``.
 """
 
 import json
@@ -27,6 +29,13 @@ CASES = [
     ("causal_blockwise", {"n": 200, "block": 48}, [64, 32]),
     ("longformer", {"n": 190, "window": 20, "global_tokens": [0, 1, 189]}, [32, 64]),
 ]
+# (kind, args, block, compile options, file name suffix); from version 3
+EXTRA_CASES = [
+    ("full", {"n": 200}, [64, 64], {"variant": "dense"}, "dense"),
+    ("causal", {"n": 300}, [64, 64], {"variant": "dense_causal"}, "dense_causal"),
+    ("hash_buckets", {"n": 256, "buckets": 4, "causal": True, "seed": 1}, [32, 32], {"reorder": "rcm"}, "rcm"),
+    ("documents", {"lengths": [100, 37, 200, 63], "causal": True}, "auto", {"profile": "none"}, "auto"),
+]
 
 
 def main() -> None:
@@ -45,6 +54,14 @@ def main() -> None:
             plan.save(HERE / name)
             manifest.append({"file": name, "kind": kind, "args": args, "block": block, "variant": variant,
                              "hash_of": plan.hash_of, "mask_sha256": plan.mask_sha256})
+    for kind, args, block, options, suffix in EXTRA_CASES if VERSION >= 3 else []:
+        name = f"v{VERSION}-{kind}-{suffix}.plan"
+        if name in known:
+            continue
+        plan = maskc.compile(getattr(library, kind)(**args), block=block if block == "auto" else tuple(block), **options)
+        plan.save(HERE / name)
+        manifest.append({"file": name, "kind": kind, "args": args, "block": [plan.block_m, plan.block_n], "variant": plan.variant,
+                         "options": options, "reordered": plan.reordered, "hash_of": plan.hash_of, "mask_sha256": plan.mask_sha256})
     (HERE / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -1,0 +1,427 @@
+"""``maskc calibrate``: measure the cost model's constants on a device and write its profile.
+
+For each tile kernel (block-sparse; interval too when the backend runs it), tile size, head dim and
+dtype, it times synthetic plans whose every query-tile row (or key-tile column) holds a chosen
+number of full and partial tiles, forward and backward apart (the backward alone:
+``torch.autograd.grad(out, ..., retain_graph=True)`` on a saved forward), through the same
+``LoadedPlan.attention`` a training step calls. The plans vary the tiles per list, the number of
+lists and heads, and their balance (one heavy list among light ones, a few heavy lists on an idle
+GPU), so a relative least-squares fit separates the launch cost, the per-program cost, the
+full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kernel`). It also
+times the gather of a reordered plan (four ``index_select`` over the sequence, rows of the head
+dim) and SDPA on all-true and causal masks (through dense plans), and fits each as
+``launch + unit · units``.
+
+The synthetic masks are built from column intervals — each key column visible on one run of query
+rows — so an interval plan needs no row of them, and the block-sparse plan is converted from it
+tile by tile: calibration never materialises an ``N × N`` mask.
+
+torch is imported inside the functions only. On a CPU (``--device cpu --quick``) it runs the
+reference backend at tiny sizes in seconds: the numbers mean nothing, the pipeline is exercised,
+and the profile records ``"kind": "cpu"`` so it is never taken for a GPU's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+import maskc
+from maskc import cost
+from maskc.compiler import compile as compile_mask
+from maskc.runtime.format import Plan, validate
+from maskc.runtime.intervals import INTERVAL_TILE, LTE, LTS, UTE, UTS, masked_rows
+from maskc.sources import IntervalSource
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass
+class CalibrateConfig:
+    """What to measure. Defaults are the full GPU run."""
+
+    device: str = "cuda"
+    quick: bool = False
+    dtypes: tuple[str, ...] = ("bf16", "fp16")
+    head_dims: tuple[int, ...] = (64, 128)
+    blocks: tuple[int, ...] = (64, 128)
+    kernels: tuple[str, ...] | None = None  # None: block_sparse, and intervals where the backend runs it
+    backend: str = "auto"
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+
+    @classmethod
+    def for_device(cls, device: str, quick: bool) -> "CalibrateConfig":
+        """The defaults for a device: the full set on a GPU (``quick``: bf16, head dim 128, shorter
+        timings), and a float32, head-dim-32 pipeline check of the reference backend on a CPU."""
+        if device.startswith("cpu"):
+            return cls(device=device, quick=True, dtypes=("fp32",), head_dims=(32,), backend="reference", warmup_ms=1.0, rep_ms=5.0)
+        if quick:
+            return cls(device=device, quick=True, dtypes=("bf16",), head_dims=(128,), warmup_ms=10.0, rep_ms=50.0)
+        return cls(device=device)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One synthetic plan: ``heads`` heads and per list its full and partial tile counts, the lists
+    being query-tile rows (``layout="rows"``: each row owns its key tiles) or key-tile columns
+    (``layout="cols"``: each key tile is seen by its own run of query-tile rows)."""
+
+    heads: int
+    full: tuple[int, ...]
+    partial: tuple[int, ...]
+    layout: str = "rows"
+
+
+def experiments(quick: bool, cpu: bool) -> list[Experiment]:
+    """The plans timed per kernel configuration: balanced loads of full, partial and mixed tiles
+    (per-tile costs), the same tiles over more or fewer lists (per-program cost), a few heavy lists
+    on an idle device and one heavy list among light ones (concurrency), column-heavy plans (the
+    dK/dV pass), and a single tile (launch)."""
+    if cpu:
+        rows, heads, k = 2, 1, (1, 2, 4)
+        return [
+            Experiment(heads, (k[0],) * rows, (0,) * rows), Experiment(heads, (k[2],) * rows, (0,) * rows),
+            Experiment(heads, (0,) * rows, (k[1],) * rows), Experiment(heads, (k[1],) * rows, (k[1],) * rows),
+            Experiment(1, (1,), (0,)), Experiment(2, (k[2], 1), (0, 0)), Experiment(heads, (1,) * 4, (0,) * 4),
+            Experiment(heads, (k[1],) * rows, (0,) * rows, "cols"), Experiment(heads, (0,) * rows, (k[1],) * rows, "cols"),
+        ]
+    rows, heads = (16, 8) if quick else (64, 16)
+    heavy = 32 if quick else 128
+    out = [
+        *(Experiment(heads, (f,) * rows, (p,) * rows) for f, p in ((1, 0), (4, 0), (16, 0), (0, 1), (0, 4), (0, 16), (4, 4))),
+        Experiment(heads, (1,) * (4 * rows), (0,) * (4 * rows)),  # the tiles of (4, 0) over four times the programs
+        Experiment(1, (1,), (0,)),  # launch
+        *(Experiment(1, (heavy,) * r, (0,) * r) for r in (1, 4)),  # a few heavy lists on an idle device
+        Experiment(1, (0,) * 4, (heavy,) * 4),
+        Experiment(heads, (heavy,) + (1,) * (rows - 1), (0,) * rows),  # one heavy list among light ones
+        *(Experiment(heads, (k,) * rows, (0,) * rows, "cols") for k in (1, 8)),  # column-heavy: the dK/dV side
+        Experiment(heads, (0,) * rows, (8,) * rows, "cols"),
+    ]
+    if not quick:
+        out += [Experiment(heads, (64,) * rows, (0,) * rows), Experiment(heads, (0,) * rows, (64,) * rows),
+                Experiment(4, (heavy,) * 16, (0,) * 16)]
+    return out
+
+
+def synthetic_intervals(e: Experiment, bm: int, bn: int) -> tuple[np.ndarray, int, int]:
+    """The mask of an experiment as interval vectors ``[1, 4, kv_len]`` and its ``(q_len, kv_len)``.
+
+    ``rows``: query-tile row ``m`` owns ``full[m]`` key tiles visible on its rows only, then
+    ``partial[m]`` key tiles of which only the first half of the columns are (also on its rows
+    only). ``cols``: key tile ``n`` is seen by ``full[n] + partial[n]`` query-tile rows of its own,
+    in full (a full entry) or on the first half of its columns (a partial one); lists with both
+    counts get one key tile of each kind.
+    """
+    if e.layout == "rows":
+        owners, kinds = [], []
+        for m, (f, p) in enumerate(zip(e.full, e.partial)):
+            owners += [m] * (f + p)
+            kinds += [1] * f + [2] * p
+        q_len, tiles_n = len(e.full) * bm, len(owners)
+        first = np.repeat(np.asarray(owners, dtype=np.int64) * bm, bn)
+        last = first + bm
+    else:
+        spans, kinds = [], []
+        for f, p in zip(e.full, e.partial):
+            spans += [n for n in (f, p) if n]
+            kinds += [kind for kind, n in ((1, f), (2, p)) if n]
+        q_len, tiles_n = sum(spans) * bm, len(spans)
+        starts = np.concatenate([[0], np.cumsum(spans)[:-1]]) * bm
+        first = np.repeat(starts, bn)
+        last = first + np.repeat(np.asarray(spans) * bm, bn)
+    kv_len = tiles_n * bn
+    hidden = (np.repeat(np.asarray(kinds) == 2, bn)) & (np.tile(np.arange(bn), tiles_n) >= bn // 2)
+    vectors = np.empty((1, 4, kv_len), dtype=np.int64)
+    vectors[0, UTS], vectors[0, UTE] = 0, np.where(hidden, q_len, first)
+    vectors[0, LTS], vectors[0, LTE] = np.where(hidden, q_len, last), q_len
+    return vectors, q_len, kv_len
+
+
+def synthetic_plan(e: Experiment, kernel: str, bm: int, bn: int) -> Plan:
+    """The experiment's plan for the block-sparse or interval kernel (no row of the mask is read)."""
+    vectors, q_len, kv_len = synthetic_intervals(e, bm, bn)
+    plan = compile_mask(IntervalSource(vectors, (1, 1, q_len, kv_len), "calibration"), block=(bm, bn), variant="intervals", schedule="none")
+    return plan if kernel == "intervals" else with_bitmaps(plan)
+
+
+def with_bitmaps(plan: Plan) -> Plan:
+    """The block-sparse plan of an interval plan's mask: same lists, each partial tile's bitmap
+    rebuilt from the intervals (identical ones stored once, numbered in row-list order)."""
+    a, bm, bn = plan.arrays, plan.block_m, plan.block_n
+    ids: dict[bytes, int] = {}
+    words: list[np.ndarray] = []
+    tile_of: dict[tuple[int, int, int], int] = {}
+    row_tile = a["row_tile"].astype(np.int64).copy()
+    owner = np.repeat(np.arange(plan.slices * plan.tiles_m), np.diff(a["row_ptr"]))
+    for e in np.flatnonzero(row_tile == INTERVAL_TILE):
+        s, m = divmod(int(owner[e]), plan.tiles_m)
+        n = int(a["row_col"][e])
+        rows = np.arange(m * bm, min((m + 1) * bm, plan.q_len))[:, None]
+        cols = slice(n * bn, min((n + 1) * bn, plan.kv_len))
+        tile = np.zeros((bm, bn), dtype=bool)
+        visible = ~masked_rows(plan.arrays["intervals"][s][:, cols], rows)
+        tile[: visible.shape[0], : visible.shape[1]] = visible
+        packed = np.packbits(tile, axis=-1, bitorder="little").view("<u4")
+        tid = ids.setdefault(packed.tobytes(), len(words))
+        if tid == len(words):
+            words.append(packed)
+        row_tile[e] = tile_of[(s, m, n)] = tid
+    col_tile = a["col_tile"].astype(np.int64).copy()
+    col_owner = np.repeat(np.arange(plan.slices * plan.tiles_n), np.diff(a["col_ptr"]))
+    for e in np.flatnonzero(col_tile == INTERVAL_TILE):
+        s, n = divmod(int(col_owner[e]), plan.tiles_n)
+        col_tile[e] = tile_of[(s, int(a["col_row"][e]), n)]
+    arrays = {**a, "row_tile": row_tile.astype("<i4"), "col_tile": col_tile.astype("<i4"),
+              "bitmaps": np.stack(words) if words else np.zeros((0, bm, bn // 32), dtype="<u4"),
+              "intervals": np.zeros((0, 4, plan.kv_len), dtype="<i4")}
+    out = Plan(plan.q_len, plan.kv_len, plan.batch, plan.heads, bm, bn, plan.visible_pairs, plan.mask_sha256, arrays,
+               variant="block_sparse", hash_of=plan.hash_of, options=dict(plan.options))
+    validate(out)
+    return out
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Device:
+    """The torch side of a run: device, backend, timing."""
+
+    cfg: CalibrateConfig
+    torch: Any = None
+    device: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(self.cfg.device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise cost.ProfileError("--device cuda asked for, but torch sees no CUDA device; use --device cpu for a pipeline check")
+            if self.device.index is not None:
+                torch.cuda.set_device(self.device.index)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def time(self, fn: Callable[[], Any]) -> float:
+        from maskc.bench import time_ms
+
+        return time_ms(fn, self.device, self.cfg.warmup_ms, self.cfg.rep_ms)
+
+    def tensors(self, heads: int, n: int, d: int, dtype: str, count: int, grad: bool):
+        torch = self.torch
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        dt = getattr(torch, TORCH_DTYPES[dtype])
+        return [torch.randn((1, heads, n, d), generator=gen, device=self.device, dtype=dt).requires_grad_(grad) for _ in range(count)]
+
+    def passes(self, loaded, heads: int, q_len: int, kv_len: int, d: int, dtype: str) -> tuple[float, float]:
+        """Forward time, and backward time alone, of one attention call through ``loaded``."""
+        torch = self.torch
+        (q,) = self.tensors(heads, q_len, d, dtype, 1, True)
+        k, v = self.tensors(heads, kv_len, d, dtype, 2, True)
+        backend = self.cfg.backend
+        fwd = self.time(lambda: loaded.attention(q, k, v, backend=backend))
+        out = loaded.attention(q, k, v, backend=backend)
+        grad = torch.randn_like(out)
+        bwd = self.time(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
+        del out, q, k, v, grad
+        self.free()
+        return fwd, bwd
+
+    def free(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def kernels(self) -> tuple[str, ...]:
+        """The tile kernels to measure: as configured, else those the backend runs."""
+        if self.cfg.kernels is not None:
+            return self.cfg.kernels
+        if self._backend_name() == "reference":
+            return cost.KERNELS
+        from maskc.runtime.kernels import common
+
+        return tuple(k for k in cost.KERNELS if k == "block_sparse" or k in getattr(common, "KERNEL_VARIANTS", ()))
+
+    def _backend_name(self) -> str:
+        from maskc.runtime.loaded import _backend
+
+        probe = self.torch.empty(0, device=self.device)
+        return "reference" if _backend(self.cfg.backend, probe).__name__.endswith("reference") else "triton"
+
+    def describe(self) -> dict[str, Any]:
+        torch = self.torch
+        if self.device.type == "cuda":
+            props = torch.cuda.get_device_properties(self.device)
+            return {"kind": "cuda", "name": torch.cuda.get_device_name(self.device), "capability": f"{props.major}.{props.minor}",
+                    "sm_count": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1)}
+        return {"kind": "cpu", "name": f"CPU {platform.processor() or platform.machine()}", "threads": 1}
+
+
+def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, say) -> dict[str, list[cost.KernelSample]]:
+    from maskc.runtime import load_plan
+
+    samples: dict[str, list[cost.KernelSample]] = {"fwd": [], "bwd": []}
+    for e in experiments(dev.cfg.quick, dev.device.type == "cpu"):
+        plan = synthetic_plan(e, kernel, block, block)
+        work = cost.work_of(plan)
+        try:
+            fwd, bwd = dev.passes(load_plan(plan, dev.device), e.heads, plan.q_len, plan.kv_len, d, dtype)
+        except Exception as err:  # noqa: BLE001  an experiment that does not fit (memory) is skipped, not fatal
+            dev.notes.append(f"{kernel} {block}x{block} D={d} {dtype}: skipped {e}: {type(err).__name__}: {str(err)[:200]}")
+            dev.free()
+            continue
+        samples["fwd"].append(cost.KernelSample((work.rows,), e.heads, fwd))
+        samples["bwd"].append(cost.KernelSample((work.rows, work.cols), e.heads, bwd))
+        say(f"    {e.layout} heads={e.heads} lists={len(e.full)} tiles={work.rows.full}+{work.rows.partial}: fwd {fwd:.4f} ms, bwd {bwd:.4f} ms")
+    return samples
+
+
+def _gather_fit(dev: _Device, d: int, dtype: str) -> tuple[cost.LinearCost, cost.FitStats]:
+    """Four ``index_select`` along the sequence (q, k, v and the output), as a reordered call makes."""
+    torch = dev.torch
+    heads = 2 if dev.device.type == "cpu" else 16
+    sizes = (256, 1024) if dev.device.type == "cpu" else ((4096, 16384) if dev.cfg.quick else (4096, 16384, 65536))
+    units, times = [], []
+    for n in sizes:
+        q, k, v, o = dev.tensors(heads, n, d, dtype, 4, False)
+        perm = torch.randperm(n, device=dev.device).to(torch.int32)
+
+        def gather():
+            return [t.index_select(2, perm) for t in (q, k, v, o)]
+
+        times.append(dev.time(gather))
+        units.append(n * 4 * heads)  # token rows moved: B * (2 Hq + 2 Hkv) * N
+        del q, k, v, o
+        dev.free()
+    return cost.fit_linear(units, times)
+
+
+def _sdpa_fits(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tuple[cost.LinearCost, cost.FitStats]]:
+    """SDPA through dense plans, all-true and causal, forward and backward, at several lengths."""
+    from maskc import library
+    from maskc.runtime import load_plan
+
+    heads = 2 if dev.device.type == "cpu" else 16
+    sizes = (64, 128, 256) if dev.device.type == "cpu" else ((2048, 8192) if dev.cfg.quick else (1024, 4096, 8192, 16384))
+    out = {}
+    for mask, variant, source in (("full", "dense", library.full), ("causal", "dense_causal", library.causal)):
+        units, fwd, bwd = [], [], []
+        for n in sizes:
+            plan = compile_mask(source(n), block=128, variant=variant)
+            f, b = dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype)
+            units.append(plan.visible_pairs * heads)
+            fwd.append(f)
+            bwd.append(b)
+        out[(mask, "fwd")] = cost.fit_linear(units, fwd)
+        out[(mask, "bwd")] = cost.fit_linear(units, bwd)
+    return out
+
+
+def calibrate(cfg: CalibrateConfig, progress: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/1``
+    schema, checked by :func:`maskc.cost.parse_profile`)."""
+    dev = _Device(cfg)
+    if dev.device.type == "cpu" and not cfg.quick:
+        raise cost.ProfileError("a CPU run only checks the pipeline: use --device cpu --quick")
+    threads = dev.torch.get_num_threads()
+    if dev.device.type == "cpu":
+        dev.torch.set_num_threads(1)  # intra-op threads make CPU timings stall unpredictably
+    try:
+        return _calibrate(dev, cfg, progress or (lambda _line: None), command)
+    finally:
+        dev.torch.set_num_threads(threads)
+
+
+def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], command: str | None) -> dict[str, Any]:
+    torch = dev.torch
+    kernels = dev.kernels()
+    profile: dict[str, Any] = {
+        "schema": cost.SCHEMA,
+        "device": dev.describe(),
+        "environment": _environment(torch, command, dev._backend_name()),
+        "settings": {"quick": cfg.quick, "dtypes": list(cfg.dtypes), "head_dims": list(cfg.head_dims), "blocks": list(cfg.blocks),
+                     "kernels": list(kernels), "warmup_ms": cfg.warmup_ms, "rep_ms": cfg.rep_ms,
+                     "experiments": [e.__dict__ for e in experiments(cfg.quick, dev.device.type == "cpu")]},
+        "kernels": [],
+        "gather": [],
+        "sdpa": [],
+    }
+    for dtype in cfg.dtypes:
+        for d in cfg.head_dims:
+            bucket = cost.head_dim_bucket(d)
+            for kernel in kernels:
+                for block in cfg.blocks:
+                    say(f"{kernel} {block}x{block}, head dim {d}, {dtype}")
+                    samples = _kernel_samples(dev, kernel, block, d, dtype, say)
+                    for pass_, found in samples.items():
+                        if len(found) < 5:
+                            dev.notes.append(f"{kernel} {pass_} {block}x{block} D={d} {dtype}: only {len(found)} samples, not fitted")
+                            continue
+                        fitted, stats = cost.fit_kernel(found)
+                        profile["kernels"].append({
+                            "kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": bucket, "dtype": dtype,
+                            "launch_ms": fitted.launch_ms, "program_ms": fitted.program_ms, "full_tile_ms": fitted.full_tile_ms,
+                            "partial_tile_ms": fitted.partial_tile_ms, "concurrency": fitted.concurrency, "fit": stats.as_dict(),
+                        })
+                        say(f"  {pass_}: launch {fitted.launch_ms:.4g} ms, program {fitted.program_ms:.3g}, full tile {fitted.full_tile_ms:.3g}, "
+                            f"partial tile {fitted.partial_tile_ms:.3g}, concurrency {fitted.concurrency:.3g}; rms error {stats.rms_rel_error:.1%}")
+            say(f"gather, head dim {d}, {dtype}")
+            gather, stats = _gather_fit(dev, d, dtype)
+            profile["gather"].append({"head_dim": bucket, "dtype": dtype, "launch_ms": gather.launch_ms, "row_ms": gather.unit_ms, "fit": stats.as_dict()})
+            say(f"sdpa, head dim {d}, {dtype}")
+            for (mask, pass_), (fitted, stats) in _sdpa_fits(dev, d, dtype).items():
+                profile["sdpa"].append({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
+                                        "launch_ms": fitted.launch_ms, "pair_ms": fitted.unit_ms, "fit": stats.as_dict()})
+    profile["notes"] = dev.notes
+    cost.parse_profile(profile)
+    return profile
+
+
+def merge_profiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` plus the entries of ``old`` (same device) that it did not measure again: a profile
+    can be measured in parts (say one dtype per run) into one file."""
+    cost.parse_profile(old)
+    if old["device"].get("name") != new["device"]["name"] or old["device"].get("kind") != new["device"]["kind"]:
+        raise cost.ProfileError(f"cannot merge a profile of {old['device'].get('name')!r} into one of {new['device']['name']!r}")
+    keys = {
+        "kernels": lambda e: (e["kernel"], e["pass"], tuple(e["block"]), e["head_dim"], e["dtype"]),
+        "gather": lambda e: (e["head_dim"], e["dtype"]),
+        "sdpa": lambda e: (e["mask"], e["pass"], e["head_dim"], e["dtype"]),
+    }
+    merged = dict(new)
+    for section, key in keys.items():
+        fresh = {key(e) for e in new[section]}
+        merged[section] = [e for e in old[section] if key(e) not in fresh] + new[section]
+    merged["merged"] = old.get("merged", []) + [{"environment": old["environment"], "settings": old["settings"]}]
+    merged["notes"] = old.get("notes", []) + new["notes"]
+    cost.parse_profile(merged)
+    return merged
+
+
+def _environment(torch, command: str | None, backend: str) -> dict[str, Any]:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else " ".join(sys.argv),
+        "maskc": maskc.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "backend": backend,
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env
