@@ -1,0 +1,197 @@
+"""Block-sparse flash-attention forward.
+
+One program per (query tile, batch * query head) - or per ``ROWS``-row slice of a query tile when the
+config splits tiles (wide heads). The program walks its query tile's row list from the plan: first
+the full tiles (no mask work at all), then the partial tiles, whose mask it rebuilds in registers
+from the packed bitmap (block-sparse plans) or from the key columns' row intervals (interval plans).
+The same inner loop runs both phases, specialised by the constexpr ``MASKED``. Online softmax in
+base 2 with fp32 accumulators; the natural-log log-sum-exp is saved for the backward. Rows with no
+visible key get o = 0 and lse = +inf.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from maskc.runtime.kernels import common as _common, config as _config
+from maskc.runtime.kernels.common import (
+    LN2, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
+    tile_bits,
+)
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q,
+    K_head, V_head, stride_kn, stride_vn,
+    cols, tiles, bitmaps, slice_intervals,
+    lo, hi,  # entries [lo, hi) of the row list
+    Nk, qk_scale,
+    offs_m_tile, offs_m, offs_d,  # query rows inside the tile (bitmap rows) and absolute; head dims
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, WORDS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr, INTERVALS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Fold the key tiles of row-list entries [lo, hi) into the online softmax state (acc, l_i, m_i).
+
+    Each tile is visited in ``BLOCK_N // SUB_N`` steps of ``SUB_N`` key columns; the loop runs over
+    (entry, step) pairs flattened into one counter so that the compiler pipelines a single loop.
+    """
+    STEPS: tl.constexpr = BLOCK_N // SUB_N
+    offs_j = tl.arange(0, SUB_N)
+    d_ok = offs_d < HEAD_DIM
+    for it in range(lo * STEPS, hi * STEPS):
+        entry = it // STEPS
+        col0 = (it % STEPS) * SUB_N  # first key column of this step inside the tile
+        start_n = tl.load(cols + entry) * BLOCK_N + col0
+        keys = start_n + offs_j
+        key_ok = keys < Nk
+        # K^T [D, SUB_N] and V [SUB_N, D]; the int64 base keeps start_n * stride off int32.
+        kT_ptrs = K_head + start_n.to(tl.int64) * stride_kn + offs_j[None, :] * stride_kn + offs_d[:, None]
+        kT = load_tile(kT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)
+        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # base-2 scaled scores
+        if MASKED:
+            if INTERVALS:
+                # key column j hides query rows [LTS_j, LTE_j) and [UTS_j, UTE_j)
+                lts, lte, uts, ute = load_intervals(slice_intervals, keys, key_ok, Nk)
+                visible = interval_visible(offs_m[:, None], lts[None, :], lte[None, :], uts[None, :], ute[None, :])
+            else:
+                # bit (col0 + j) % 32 of word (col0 + j) // 32 of tile row i
+                tile_words = bitmaps + tl.load(tiles + entry).to(tl.int64) * (BLOCK_M * WORDS)
+                visible = tile_bits(tile_words, offs_m_tile[:, None], offs_j[None, :], col0, SUB_N, WORDS)
+            s = tl.where(visible, s, float("-inf"))
+        if not EVEN_N:
+            # keys past the end exist only in the last tile column; a full tile may still reach past Nk
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with no visible key so far keeps m = -inf; subtract 0 instead so no (-inf) - (-inf) NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = V_head + start_n.to(tl.int64) * stride_vn + offs_j[:, None] * stride_vn + offs_d[None, :]
+        v = load_tile(v_ptrs, key_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE,
+    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    Hq, Nq, Nk, group, slice_b, slice_h, tiles_m,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    WORDS: tl.constexpr = BLOCK_N // 32
+    SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
+    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    h_kv = h // group  # GQA: `group` consecutive query heads share one key/value head
+    mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
+
+    # The query tile: the plan's launch order (heaviest rows first) when it has one.
+    tile = tl.program_id(0) // SPLIT
+    if ORDERED:
+        pid_m = tl.load(row_order + mask_slice * tiles_m + tile)
+    else:
+        pid_m = tile
+    row0 = (tl.program_id(0) % SPLIT) * ROWS  # the program's first row inside its tile
+    row = mask_slice * tiles_m + pid_m
+    lo = tl.load(row_ptr + row)
+    n_full = tl.load(row_full + row)
+    hi = tl.load(row_ptr + row + 1)
+    slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
+
+    # Base pointers in int64: batch, head and the program's first row (B*H*N*D can exceed 2**31).
+    start_m = (pid_m * BLOCK_M + row0).to(tl.int64)
+    Q_tile = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m * stride_qm
+    O_tile = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start_m * stride_om
+    K_head = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    V_head = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+
+    offs_i = tl.arange(0, ROWS)
+    offs_m_tile = row0 + offs_i  # row inside the tile (bitmap row)
+    offs_m = pid_m * BLOCK_M + offs_m_tile
+    offs_d = tl.arange(0, D_PAD)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < HEAD_DIM
+    q = load_tile(Q_tile + offs_i[:, None] * stride_qm + offs_d[None, :], m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
+
+    # Phase 1: full tiles, no mask.
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        lo, lo + n_full, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, DOT_PRECISION,
+    )
+    # Phase 2: partial tiles, mask rebuilt in registers.
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        lo + n_full, hi, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, DOT_PRECISION,
+    )
+
+    # Epilogue. l_i == 0 exactly when the row saw no visible key (else its max term contributed 1).
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]  # acc is 0 on empty rows
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    tl.store(O_tile + offs_i[:, None] * stride_om + offs_d[None, :], o.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
+
+
+def dot_precision(dtype: torch.dtype, cfg: _config.KernelConfig) -> str:
+    return cfg.fp32_precision if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention forward.
+
+    q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` (``Hq % Hkv == 0``), fp16/bf16/fp32, any strides.
+    ``plan``: a block-sparse or interval :class:`DevicePlan` on q's device.
+    Returns ``o`` (like q, contiguous) and ``lse`` float32 ``[B, Hq, Nq]``: the natural-log
+    log-sum-exp of the scaled scores, +inf for rows with no visible key (whose o rows are 0).
+    """
+    g = check_inputs(q, k, v, plan)
+    q, k, v = lastdim_contiguous(q), lastdim_contiguous(k), lastdim_contiguous(v)
+    B, Hq, Nq, Nk, D = g["B"], g["Hq"], g["Nq"], g["Nk"], g["D"]
+    cfg = _config.lookup(q.device, D, q.dtype, plan.block_m, plan.block_n)
+    check_steps(plan.row_col.numel(), plan.block_n // cfg.fwd_sub_n)
+    row_order = plan_tensor(plan, "row_order")
+    o = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
+    lse = _common.empty((B, Hq, Nq), torch.float32, q.device)
+    grid = (g["tiles_m"] * (plan.block_m // cfg.fwd_rows), B * Hq)
+    _fwd_kernel[grid](
+        q, k, v, o, lse,
+        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, plan_tensor(plan, "intervals"), row_order,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
+        float(scale) * LOG2E_F,
+        HEAD_DIM=D, D_PAD=g["D_PAD"],
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows,
+        EVEN_M=Nq % plan.block_m == 0, EVEN_N=Nk % plan.block_n == 0,
+        INTERVALS=g["INTERVALS"], ORDERED=row_order.numel() > 0,
+        DOT_PRECISION=dot_precision(q.dtype, cfg),
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+    )
+    return o, lse
