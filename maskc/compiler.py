@@ -144,7 +144,7 @@ class _BitmapPlan:
 VARIANTS = ("auto", "intervals", "block_sparse", "dense", "dense_causal")
 # auto's rule with an explicit block or without a profile (see auto_variant)
 AUTO_BITMAP_BYTES = 1 << 20
-AUTO_PAIRS = 1 << 30
+AUTO_PAIRS = 1 << 32  # 65536²: below it a structured mask's bitmaps build in about a second or less
 
 
 def check_variant(variant: Any) -> str:
@@ -164,8 +164,9 @@ def auto_variant(lists: dict[str, np.ndarray], shape: tuple[int, int, int, int],
 
     Intervals when the bitmap plan could store more than ``AUTO_BITMAP_BYTES`` of partial-tile bits
     (one bitmap per partial tile, before sharing identical ones), or when the mask has
-    ``AUTO_PAIRS`` pairs or more (32768² and up: bitmaps would cost O(N²) to build from a
-    structured source). Otherwise bitmaps. It depends only on the mask, so equal masks get the
+    ``AUTO_PAIRS`` pairs or more (65536² and up: bitmaps would cost O(N²) to build from a
+    structured source). Otherwise bitmaps, whose kernels measured faster on an H100 (the interval
+    dQ kernel is up to 1.5x slower, benchmarks/NOTES.md). It depends only on the mask, so equal masks get the
     same variant from any source; with a profile, ``block="auto"`` replaces it by the cost model.
     """
     partial = int(lists["row_ptr"][-1]) - int(lists["row_full"].sum(dtype=np.int64))

@@ -334,7 +334,7 @@ class NoRows(MaskSource):
 def test_auto_keeps_small_masks_on_bitmaps_and_takes_intervals_for_long_ones():
     assert maskc.compile(library.causal(300)).variant == "block_sparse"
     assert maskc.compile(np.random.default_rng(0).random((100, 100)) < 0.5).variant == "block_sparse"  # does not fit
-    n = 32768
+    n = 65536
     assert n * n >= AUTO_PAIRS
     assert maskc.compile(NoRows(library.sliding_window(n, 1024))).variant == "intervals"
     many_partials = library.documents([37] * 4000)  # one partial tile per document boundary

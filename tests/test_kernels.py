@@ -355,6 +355,7 @@ def test_rejects_unsupported_plans():
 def test_config_table_lookup(monkeypatch):
     cfg = config.KernelConfig(fwd_warps=2, fwd_stages=1, fwd_sub_n=32, dq_sub_n=32, dkdv_sub_m=16, dkdv_keys=64, fwd_rows=64, dq_rows=64)
     monkeypatch.setitem(config.TABLE, (0, 0, 64, "float16", 64, 64), cfg)
+    monkeypatch.setattr(config, "_RESOLVED", {})  # lookups are memoised; the table is static outside tests
     assert config.lookup(torch.device("cpu"), 64, torch.float16, 64, 64) == cfg
     assert config.lookup(torch.device("cpu"), 96, torch.float16, 64, 64) != cfg  # other head-dim bucket
     assert config.lookup(torch.device("cpu"), 48, torch.float16, 64, 64) == cfg  # 48 pads to 64

@@ -131,8 +131,23 @@ def _fp32_config(d_bucket: int, block_m: int, block_n: int) -> KernelConfig:
     )
 
 
+_RESOLVED: dict[tuple, KernelConfig] = {}
+
+
 def lookup(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int) -> KernelConfig:
-    """The configuration for one call: the table's entry, else the defaults; then any active override."""
+    """The configuration for one call: the table's entry, else the defaults; then any active override.
+
+    Memoised: a training step calls this for every launch, and resolving it (device capability,
+    table, clamping) costs more host time than some of the launches it configures.
+    """
+    key = (device, head_dim, dtype, block_m, block_n, tuple(sorted(_OVERRIDE.items())))
+    cfg = _RESOLVED.get(key)
+    if cfg is None:
+        cfg = _RESOLVED[key] = _resolve(device, head_dim, dtype, block_m, block_n)
+    return cfg
+
+
+def _resolve(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int) -> KernelConfig:
     if block_m not in TILE_SIZES or block_n not in TILE_SIZES:
         raise ValueError(f"plan tiles {block_m}x{block_n} are not supported by the kernels; each side must be one of {TILE_SIZES}")
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
@@ -177,3 +192,21 @@ def override(**fields) -> Iterator[None]:
     finally:
         _OVERRIDE.clear()
         _OVERRIDE.update(saved)
+
+
+def _sm90_tuned() -> dict[tuple[int, int, int, str, int, int], KernelConfig]:
+    """The winners of ``benchmarks/tune.py`` on an H100 SXM (torch 2.11, Triton 3.6; N=8192, 16 heads,
+    head dim 128, bf16; causal, documents and sliding-window masks agreed): see benchmarks/NOTES.md."""
+    tuned = {
+        (128, 128): dict(fwd_warps=8, fwd_stages=3, fwd_sub_n=128, dq_warps=8, dq_stages=3, dq_sub_n=32,
+                         dkdv_warps=8, dkdv_stages=2, dkdv_sub_m=64),
+        (64, 64): dict(fwd_warps=4, fwd_stages=3, fwd_sub_n=64, dq_warps=4, dq_stages=3, dq_sub_n=64,
+                       dkdv_warps=4, dkdv_stages=2, dkdv_sub_m=32),
+    }
+    return {
+        (9, 0, 128, "bfloat16", bm, bn): replace(default_config((9, 0), 128, torch.bfloat16, bm, bn), **fields)
+        for (bm, bn), fields in tuned.items()
+    }
+
+
+TABLE.update(_sm90_tuned())
