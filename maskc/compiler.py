@@ -292,23 +292,7 @@ def _dense_plan(shape: tuple[int, int, int, int], variant: str, block: tuple[int
     if -(-nq // bm) * -(-nk // bn) > MAX_TILES_PER_SLICE:
         raise MaskError(f"{nq}x{nk} in {bm}x{bn} tiles is more than a dense plan may have ({MAX_TILES_PER_SLICE} tiles per slice); use larger tiles")
     vectors = dense_intervals(variant, B * H, nq, nk)
-    arrays = dict(tile_lists(vectors, nq, bm, bn))
-    arrays["bitmaps"] = np.zeros((0, bm, bn // 32), dtype="<u4")
-    arrays["intervals"] = np.zeros((0, 4, nk), dtype="<i4")
-    return Plan(
-        q_len=nq,
-        kv_len=nk,
-        batch=B,
-        heads=H,
-        block_m=bm,
-        block_n=bn,
-        visible_pairs=B * H * nq * nk - masked_pairs(vectors),
-        mask_sha256=intervals_sha256(shape, vectors),
-        arrays=arrays,
-        variant=variant,
-        hash_of="intervals",
-        options={"block": [bm, bn]},
-    )
+    return _interval_plan(shape, vectors, tile_lists(vectors, nq, bm, bn), bm, bn, variant=variant)
 
 
 def _compile_reordered(source: MaskSource, block: tuple[int, int], variant: str, progress: Progress | None) -> Plan:
@@ -557,11 +541,15 @@ def structured_intervals(source: MaskSource) -> np.ndarray | None:
     return canonical(vectors, source.q_len)
 
 
-def _interval_plan(shape: tuple[int, int, int, int], vectors: np.ndarray, lists: dict[str, np.ndarray], bm: int, bn: int) -> Plan:
+def _interval_plan(
+    shape: tuple[int, int, int, int], vectors: np.ndarray, lists: dict[str, np.ndarray], bm: int, bn: int, variant: str = "intervals"
+) -> Plan:
+    """A plan described by its interval vectors: an interval plan, or a dense one (which stores none)."""
     B, H, nq, nk = shape
     arrays = dict(lists)
     arrays["bitmaps"] = np.zeros((0, bm, bn // 32), dtype="<u4")
-    arrays["intervals"] = np.ascontiguousarray(vectors, dtype="<i4")
+    stored = vectors if variant == "intervals" else np.zeros((0, 4, nk))
+    arrays["intervals"] = np.ascontiguousarray(stored, dtype="<i4")
     return Plan(
         q_len=nq,
         kv_len=nk,
@@ -572,7 +560,7 @@ def _interval_plan(shape: tuple[int, int, int, int], vectors: np.ndarray, lists:
         visible_pairs=B * H * nq * nk - masked_pairs(vectors),
         mask_sha256=intervals_sha256(shape, vectors),
         arrays=arrays,
-        variant="intervals",
+        variant=variant,
         hash_of="intervals",
         options={"block": [bm, bn]},
     )
