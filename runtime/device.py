@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation
+from maskc.runtime.launch import list_traits
 
 _INDEX_ARRAYS = ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile")
 
@@ -38,6 +39,8 @@ class DevicePlan:
       is the query-tile row the ``i``-th forward/dQ program of that slice should take (heaviest
       rows first). Each slice's segment is a permutation of ``[0, tiles_m)``.
     - ``col_order`` ``[batch * heads * tiles_n]``: the same for the key-tile columns of dK/dV.
+    - ``rows_unbalanced``, ``rows_shared`` (and ``cols_...``): traits of the lists
+      (:func:`list_traits`), computed once here, from which each launch chooses its grid.
 
     Token order: ``perm`` (int32 ``[q_len]``, or empty) is the plan's token permutation: the lists
     describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The runtime
@@ -66,6 +69,10 @@ class DevicePlan:
     col_order: torch.Tensor
     perm: torch.Tensor
     perm_inverse: torch.Tensor
+    rows_unbalanced: bool = False
+    rows_shared: bool = False
+    cols_unbalanced: bool = False
+    cols_shared: bool = False
 
     @property
     def tiles_m(self) -> int:
@@ -90,6 +97,10 @@ class DevicePlan:
         tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _INDEX_ARRAYS}
         bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
         perm = plan.arrays["perm"]
+        a = plan.arrays
+        tiles_m, tiles_n = -(-plan.q_len // plan.block_m), -(-plan.kv_len // plan.block_n)
+        rows = list_traits(a["row_ptr"], tiles_n) if not dense else (False, False)
+        cols = list_traits(a["col_ptr"], tiles_m) if not dense else (False, False)
         return cls(
             q_len=plan.q_len,
             kv_len=plan.kv_len,
@@ -104,6 +115,7 @@ class DevicePlan:
             col_order=to_device(plan.arrays["col_order"]),
             perm=to_device(perm),
             perm_inverse=to_device(inverse_permutation(perm)),
+            rows_unbalanced=rows[0], rows_shared=rows[1], cols_unbalanced=cols[0], cols_shared=cols[1],
             **tensors,
         )
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import maskc
+from maskc.bench import build_mask
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.kernels import backward, common, config, forward
 from maskc.runtime.kernels.selfcheck import causal, dense_reference, documents, patch_interpreter_bf16_dot, sliding_window
@@ -59,12 +60,16 @@ def rel(x, ref):
 
 
 def run(mask, *, B=1, Hq=2, Hkv=None, D=32, dtype=torch.float32, block=(32, 32), scale=None, seed=0,
-        grads=True, layout="bhnd", tol=None, plan=None, variant="block_sparse", schedule="lpt"):
-    """Compile, run forward (+ backward), compare with the float64 reference; return the outputs."""
+        grads=True, layout="bhnd", tol=None, plan=None, variant="block_sparse", schedule="lpt", heads_fast=None):
+    """Compile, run forward (+ backward), compare with the float64 reference; return the outputs.
+    ``heads_fast`` overrides the plan's launch grid (both passes) when not None."""
     Hkv = Hkv or Hq
     plan = plan or maskc.compile(mask, block=block, variant=variant, reorder="none", schedule=schedule)
     assert plan.variant == variant
     dplan = DevicePlan.from_plan(plan)
+    if heads_fast is not None:  # unbalanced lists launch every head first; neither trait, one head after another
+        traits = dict(rows_unbalanced=heads_fast, cols_unbalanced=heads_fast, rows_shared=False, cols_shared=False)
+        dplan = dataclasses.replace(dplan, **traits)
     nq, nk = plan.q_len, plan.kv_len
     gen = torch.Generator().manual_seed(seed)
     if layout == "bnhd":  # [B, N, H, D] storage: heads interleaved, non-contiguous [B, H, N, D] views
@@ -269,6 +274,23 @@ def test_launch_order_changes_nothing():
     assert plain["plan"].arrays["row_order"].size == 0
     for name in ("o", "lse", "dq", "dk", "dv"):
         assert torch.equal(ordered[name], plain[name]), name
+    for fast in (True, False):
+        forced = run(mask, block=(32, 32), schedule="lpt", seed=29, heads_fast=fast)
+        for name in ("o", "lse", "dq", "dk", "dv"):
+            assert torch.equal(ordered[name], forced[name]), (fast, name)
+
+
+@pytest.mark.parametrize("name, unbalanced, shared", [("documents", False, False), ("sliding_window", False, False), ("causal", False, True),
+                                                  ("prefix_lm", False, True), ("longformer", True, False), ("bigbird", True, False)])
+def test_launch_grid_follows_the_measured_rule(name, unbalanced, shared):
+    """Every head's heaviest lists first for unbalanced lists, and for lists that share most key
+    tiles while all heads' keys and values fit about twice the L2; one head after another else
+    (benchmarks/NOTES.md)."""
+    dplan = DevicePlan.from_plan(maskc.compile(build_mask(name, 8192).source, block=64, variant="block_sparse"))
+    assert (dplan.rows_unbalanced, dplan.rows_shared) == (dplan.cols_unbalanced, dplan.cols_shared) == (unbalanced, shared)
+    for n in (8192, 32768):  # 64 MiB of keys and values with 16 heads of 128: fits; 256 MiB: does not
+        k = torch.empty((1, 16, n, 128), dtype=torch.bfloat16, device="meta")
+        assert common.heads_fast(unbalanced, shared, k) == (unbalanced or (shared and n == 8192)), n
 
 
 def test_launch_order_columns():

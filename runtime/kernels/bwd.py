@@ -28,7 +28,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LOG2E, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    tile_bits,
+    heads_fast, launch_grid, program_ids, tile_bits,
 )
 from maskc.runtime.kernels.fwd import dot_precision
 
@@ -134,24 +134,24 @@ def _dkdv_kernel(
     scale, qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_N // KEYS  # programs per key tile (1 unless wide heads need fewer keys each)
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_bh = tl.program_id(1)
+    pid_tile, pid_bh = program_ids(HEADS_FAST)
     b = pid_bh // Hkv
     h_kv = pid_bh % Hkv
 
     # The key tile: the plan's launch order (heaviest columns first) when it has one, taken from the
     # mask slice of the group's first query head; any order covers every column exactly once.
-    tile = tl.program_id(0) // SPLIT
+    tile = pid_tile // SPLIT
     if ORDERED:
         pid_n = tl.load(col_order + (b * slice_b + h_kv * group * slice_h) * tiles_n + tile)
     else:
         pid_n = tile
-    key0 = (tl.program_id(0) % SPLIT) * KEYS  # the program's first key inside its tile
+    key0 = (pid_tile % SPLIT) * KEYS  # the program's first key inside its tile
 
     offs_j = tl.arange(0, KEYS)
     offs_key = key0 + offs_j  # key column inside the tile (bitmap column)
@@ -264,25 +264,25 @@ def _dq_kernel(
     scale, qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_bh = tl.program_id(1)
+    pid_tile, pid_bh = program_ids(HEADS_FAST)
     b = pid_bh // Hq
     h = pid_bh % Hq
     h_kv = h // group  # GQA: `group` consecutive query heads share one key/value head
     mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
 
     # The query tile: the plan's launch order (heaviest rows first) when it has one.
-    tile = tl.program_id(0) // SPLIT
+    tile = pid_tile // SPLIT
     if ORDERED:
         pid_m = tl.load(row_order + mask_slice * tiles_m + tile)
     else:
         pid_m = tile
-    row0 = (tl.program_id(0) % SPLIT) * ROWS  # the program's first row inside its tile
+    row0 = (pid_tile % SPLIT) * ROWS  # the program's first row inside its tile
     row = mask_slice * tiles_m + pid_m
     lo = tl.load(row_ptr + row)
     n_full = tl.load(row_full + row)
@@ -358,6 +358,8 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         INTERVALS=g["INTERVALS"], DOT_PRECISION=dot_precision(q.dtype, cfg),
     )
     qk_scale = float(scale) * LOG2E_F
+    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k)
+    cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k)
 
     delta = _common.empty((B, Hq, Nq), torch.float32, q.device)
     _delta_kernel[(triton.cdiv(Nq, DELTA_BLOCK), B * Hq)](
@@ -369,7 +371,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
 
     dk = _common.empty((B, Hkv, Nk, D), k.dtype, k.device)
     dv = _common.empty((B, Hkv, Nk, D), v.dtype, v.device)
-    _dkdv_kernel[(g["tiles_n"] * (plan.block_n // cfg.dkdv_keys), B * Hkv)](
+    _dkdv_kernel[launch_grid(g["tiles_n"] * (plan.block_n // cfg.dkdv_keys), B * Hkv, cols_fast)](
         q, k, v, do, lse, delta, dk, dv,
         plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order,
         q.stride(0), q.stride(1), q.stride(2),
@@ -380,12 +382,12 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         dv.stride(0), dv.stride(1), dv.stride(2),
         Hq, Hkv, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_n"],
         float(scale), qk_scale,
-        SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys, ORDERED=col_order.numel() > 0, **common, **shape,
+        SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys, ORDERED=col_order.numel() > 0, HEADS_FAST=cols_fast, **common, **shape,
         num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
     )
 
     dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
-    _dq_kernel[(g["tiles_m"] * (plan.block_m // cfg.dq_rows), B * Hq)](
+    _dq_kernel[launch_grid(g["tiles_m"] * (plan.block_m // cfg.dq_rows), B * Hq, rows_fast)](
         q, k, v, do, lse, delta, dq,
         plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order,
         q.stride(0), q.stride(1), q.stride(2),
@@ -395,7 +397,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         dq.stride(0), dq.stride(1), dq.stride(2),
         Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
         float(scale), qk_scale,
-        SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows, ORDERED=row_order.numel() > 0, **common, **shape,
+        SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows, ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast, **common, **shape,
         num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
     return dq, dk, dv

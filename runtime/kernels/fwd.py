@@ -18,7 +18,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LN2, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    tile_bits,
+    heads_fast, launch_grid, program_ids, tile_bits,
 )
 
 
@@ -91,25 +91,25 @@ def _fwd_kernel(
     qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_bh = tl.program_id(1)
+    pid_tile, pid_bh = program_ids(HEADS_FAST)
     b = pid_bh // Hq
     h = pid_bh % Hq
     h_kv = h // group  # GQA: `group` consecutive query heads share one key/value head
     mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
 
     # The query tile: the plan's launch order (heaviest rows first) when it has one.
-    tile = tl.program_id(0) // SPLIT
+    tile = pid_tile // SPLIT
     if ORDERED:
         pid_m = tl.load(row_order + mask_slice * tiles_m + tile)
     else:
         pid_m = tile
-    row0 = (tl.program_id(0) % SPLIT) * ROWS  # the program's first row inside its tile
+    row0 = (pid_tile % SPLIT) * ROWS  # the program's first row inside its tile
     row = mask_slice * tiles_m + pid_m
     lo = tl.load(row_ptr + row)
     n_full = tl.load(row_full + row)
@@ -177,7 +177,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
     row_order = plan_tensor(plan, "row_order")
     o = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
     lse = _common.empty((B, Hq, Nq), torch.float32, q.device)
-    grid = (g["tiles_m"] * (plan.block_m // cfg.fwd_rows), B * Hq)
+    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k)
+    grid = launch_grid(g["tiles_m"] * (plan.block_m // cfg.fwd_rows), B * Hq, rows_fast)
     _fwd_kernel[grid](
         q, k, v, o, lse,
         plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, plan_tensor(plan, "intervals"), row_order,
@@ -190,7 +191,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
         HEAD_DIM=D, D_PAD=g["D_PAD"],
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows,
         EVEN_M=Nq % plan.block_m == 0, EVEN_N=Nk % plan.block_n == 0,
-        INTERVALS=g["INTERVALS"], ORDERED=row_order.numel() > 0,
+        INTERVALS=g["INTERVALS"], ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast,
         DOT_PRECISION=dot_precision(q.dtype, cfg),
         num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
     )
