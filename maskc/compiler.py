@@ -33,7 +33,7 @@ from maskc import cost
 from maskc.errors import MaskError
 from maskc.intervals import RunTracker, canonical, intervals_sha256
 from maskc.runtime.format import DENSE_VARIANTS, Plan, dense_intervals
-from maskc.runtime.intervals import MAX_TILES_PER_SLICE, masked_pairs, tile_classes, tile_lists
+from maskc.runtime.intervals import INTERVAL_TILE, LTE, LTS, MAX_TILES_PER_SLICE, UTE, UTS, masked_pairs, tile_classes, tile_lists
 from maskc.runtime.launch import list_traits
 from maskc.sources import MaskSource, open_mask
 
@@ -243,7 +243,7 @@ def _compile_tiles(source: MaskSource, block: tuple[int, int], variant: str, pro
     """A block-sparse or interval plan at a fixed tile size; ``"auto"`` is :func:`auto_variant`."""
     bm, bn = block
     if variant == "block_sparse":
-        return _read_rows(source, bm, progress, _BitmapPlan(source.shape, bm, bn), track=False).plan
+        return _block_sparse(source, structured_intervals(source), bm, bn, progress)
     tiles = -(-source.q_len // bm) * -(-source.kv_len // bn)
     if variant == "intervals" and tiles > MAX_TILES_PER_SLICE:
         raise MaskError(f"{source.name}: {tiles} tiles per slice is more than an interval plan may have ({MAX_TILES_PER_SLICE}); use larger tiles")
@@ -448,11 +448,9 @@ class _Analysis:
                 for dense in DENSE_VARIANTS:
                     if allowed(dense) and _dense_mismatch(source, self.vectors, dense) is None:
                         out[cost.Candidate(dense, FALLBACK_BLOCK)] = cost.Work(source.q_len, source.kv_len, source.batch, source.heads, self.pairs)
-            # bitmaps of a structured source would be built by reading every row: not for large masks
-            bitmaps_ok = self.bits_sha256 is not None or int(np.prod(shape, dtype=np.int64)) < AUTO_PAIRS
             for block, classes in self.classes.items():
                 work = cost.Work.from_classes(list(classes), shape, self.pairs)
-                if allowed("block_sparse") and bitmaps_ok:
+                if allowed("block_sparse"):
                     out[cost.Candidate("block_sparse", block)] = work
                 if allowed("intervals") and self.vectors is not None:
                     out[cost.Candidate("intervals", block)] = work
@@ -469,7 +467,72 @@ class _Analysis:
             return _interval_plan(self.source.shape, self.vectors, tile_lists(self.vectors, self.source.q_len, bm, bn), bm, bn)
         if chosen.reordered:
             return self.reordering.build(chosen.block, progress, self.bits_sha256, self.classes[chosen.block])
-        return _read_rows(self.source, bm, progress, _BitmapPlan(self.source.shape, bm, bn), track=False).plan
+        return _block_sparse(self.source, self.vectors if self.bits_sha256 is None else None, bm, bn, progress)
+
+
+def _block_sparse(source: MaskSource, vectors: np.ndarray | None, bm: int, bn: int, progress: Progress | None) -> Plan:
+    """The block-sparse plan of a source: from its rows, or — for a structured source (``vectors``
+    known without reading it) of ``AUTO_PAIRS`` pairs or more — from its interval vectors, in time
+    and memory proportional to the partial tiles instead of ``N × N``."""
+    if vectors is None or int(np.prod(source.shape, dtype=np.int64)) < AUTO_PAIRS:
+        return _read_rows(source, bm, progress, _BitmapPlan(source.shape, bm, bn), track=False).plan
+    if progress is not None:
+        progress(1, 1)
+    return bitmap_plan(_interval_plan(source.shape, vectors, tile_lists(vectors, source.q_len, bm, bn), bm, bn))
+
+
+def bitmap_plan(plan: Plan, chunk: int = 512) -> Plan:
+    """The block-sparse plan of an interval plan's mask: the same lists, each partial tile's bits
+    rebuilt from the interval vectors (``chunk`` tiles at a time), identical bitmaps stored once and
+    numbered in row-list order as a plan built from rows numbers them. The plan keeps the interval
+    hash of the mask (``hash_of="intervals"``)."""
+    a, bm, bn, nq, nk = plan.arrays, plan.block_m, plan.block_n, plan.q_len, plan.kv_len
+    partial = np.flatnonzero(a["row_tile"] == INTERVAL_TILE)
+    row_id = np.repeat(np.arange(plan.slices * plan.tiles_m), np.diff(a["row_ptr"].astype(np.int64)))[partial]
+    s, m = np.divmod(row_id, plan.tiles_m)
+    n = a["row_col"][partial].astype(np.int64)
+    # key columns past kv_len are masked on every row; rows past q_len are cleared below
+    iv = np.zeros((plan.slices, 4, plan.tiles_n * bn), dtype=np.int64)
+    iv[:, LTS, :], iv[:, LTE, :], iv[:, UTS, :], iv[:, UTE, :] = nq, nq, 0, nq
+    iv[:, :, :nk] = a["intervals"]
+    packed = np.empty((partial.size, bm, bn // 32), dtype="<u4")
+    for lo in range(0, partial.size, chunk):
+        hi = min(lo + chunk, partial.size)
+        cols = n[lo:hi, None] * bn + np.arange(bn)  # [tiles, bn]
+        bounds = iv[s[lo:hi, None], :, cols]  # [tiles, bn, 4]
+        rows = (m[lo:hi, None] * bm + np.arange(bm))[:, :, None]  # [tiles, bm, 1]
+        masked = ((bounds[:, None, :, LTS] <= rows) & (rows < bounds[:, None, :, LTE])) | (
+            (bounds[:, None, :, UTS] <= rows) & (rows < bounds[:, None, :, UTE]))
+        visible = ~masked & (rows < nq)
+        packed[lo:hi] = np.packbits(visible, axis=-1, bitorder="little").view("<u4")
+    if partial.size == 0:
+        return _with_bitmaps(plan, a["row_tile"], a["col_tile"], np.zeros((0, bm, bn // 32), dtype="<u4"))
+    flat = packed.reshape(partial.size, -1)
+    _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)  # number by first appearance
+    tile_id = rank[inverse.ravel()]
+    row_tile = a["row_tile"].astype(np.int64)
+    row_tile[partial] = tile_id
+    # the column lists' partial entries: the same tiles, found by (slice, row, column)
+    key = (s * plan.tiles_m + m) * plan.tiles_n + n
+    col_partial = np.flatnonzero(a["col_tile"] == INTERVAL_TILE)
+    col_id = np.repeat(np.arange(plan.slices * plan.tiles_n), np.diff(a["col_ptr"].astype(np.int64)))[col_partial]
+    cs, cn = np.divmod(col_id, plan.tiles_n)
+    col_key = (cs * plan.tiles_m + a["col_row"][col_partial].astype(np.int64)) * plan.tiles_n + cn
+    by_key = np.argsort(key)
+    col_tile = a["col_tile"].astype(np.int64)
+    col_tile[col_partial] = tile_id[by_key[np.searchsorted(key, col_key, sorter=by_key)]]
+    return _with_bitmaps(plan, row_tile, col_tile, packed[np.sort(first)])
+
+
+def _with_bitmaps(plan: Plan, row_tile: np.ndarray, col_tile: np.ndarray, bitmaps: np.ndarray) -> Plan:
+    """An interval plan's lists with these tile ids and bitmaps, as a block-sparse plan."""
+    i32 = lambda x: np.ascontiguousarray(x, dtype="<i4")  # noqa: E731
+    arrays = {**plan.arrays, "row_tile": i32(row_tile), "col_tile": i32(col_tile), "bitmaps": np.ascontiguousarray(bitmaps, dtype="<u4"),
+              "intervals": np.zeros((0, 4, plan.kv_len), dtype="<i4")}
+    return Plan(plan.q_len, plan.kv_len, plan.batch, plan.heads, plan.block_m, plan.block_n, plan.visible_pairs, plan.mask_sha256, arrays,
+                variant="block_sparse", hash_of=plan.hash_of, options=dict(plan.options))
 
 
 class _TileCounter:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import maskc
 from maskc import library
 from maskc.cache import PlanCache
-from maskc.compiler import AUTO_PAIRS, detect_intervals, fingerprint
+from maskc.compiler import AUTO_PAIRS, bitmap_plan, detect_intervals, fingerprint
 from maskc.errors import MaskError
 from maskc.flashmask import from_startend_row_indices, to_startend_row_indices
 from maskc.intervals import canonical, intervals_sha256
@@ -214,6 +214,11 @@ def test_interval_plan_bitmap_plan_and_dense_mask_agree(source, block):
         assert np.array_equal(tile_map(plan, s), tile_map(bitmap, s))
     for name in ("row_ptr", "row_full", "row_col", "col_ptr", "col_full", "col_row"):
         assert np.array_equal(plan.arrays[name], bitmap.arrays[name]), name
+    # the bitmaps rebuilt from the intervals (how long structured masks get bitmaps) are the ones read from rows
+    rebuilt = bitmap_plan(plan)
+    for name in ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile", "bitmaps"):
+        assert np.array_equal(rebuilt.arrays[name], bitmap.arrays[name]), name
+    assert np.array_equal(rebuilt.to_mask(), dense) and rebuilt.mask_sha256 == plan.mask_sha256
     # the same mask from its dense form gives the byte-identical plan, hash included
     assert maskc.compile(dense, block=block, variant="intervals").to_bytes() == plan.to_bytes()
     assert fingerprint(source) == fingerprint(dense) == (plan.mask_sha256, "intervals")
