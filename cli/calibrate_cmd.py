@@ -46,8 +46,11 @@ def _csv(kind, allowed=None):
 @click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="maskc backend: auto = Triton on CUDA, the reference backend on a CPU.")
 @click.option("--merge", is_flag=True, help="Keep the entries of an existing output profile that this run does not measure again.")
+@click.option("--refit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Measure nothing: fit the constants of this profile again to the measurements it records (no GPU needed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, merge: bool, quiet: bool) -> None:
+def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, merge: bool,
+              refit: Path | None, quiet: bool) -> None:
     """Measure this device's cost-model constants and write its profile (JSON).
 
     Times synthetic plans (full and partial tiles per list, balanced and unbalanced), the gather of
@@ -57,6 +60,9 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     from maskc.calibrate import CalibrateConfig, merge_profiles
     from maskc.calibrate import calibrate as run
 
+    if refit is not None:
+        _refit(refit, output or refit)
+        return
     cpu = device.startswith("cpu")
     if cpu and not quick:
         raise UserError("a CPU run only checks the pipeline (its numbers mean nothing): use --device cpu --quick")
@@ -87,6 +93,24 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
             profile = merge_profiles(json.loads(output.read_text()), profile)
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"--merge: {output} cannot be merged: {e}") from None
+    _write(output, profile)
+
+
+def _refit(source: Path, output: Path) -> None:
+    from maskc.calibrate import refit
+
+    try:
+        profile = refit(json.loads(source.read_text()))
+    except OSError as e:
+        raise UserError(f"--refit: cannot read {source}: {e.strerror or e}") from None
+    except (ValueError, cost.ProfileError) as e:
+        raise UserError(f"--refit: {source} is not a profile with its measurements: {e}") from None
+    if not output.parent.is_dir():
+        raise UserError(f"output directory does not exist: {output.parent}")
+    _write(output, profile)
+
+
+def _write(output: Path, profile: dict) -> None:
     atomic_write(output, (json.dumps(profile, indent=1) + "\n").encode())
     worst = max((e["fit"]["rms_rel_error"] for e in profile["kernels"]), default=float("nan"))
     click.echo(f"wrote {output}: {profile['device']['name']} ({profile['device']['kind']}), {len(profile['kernels'])} kernel fits "

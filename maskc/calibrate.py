@@ -7,7 +7,10 @@ number of full and partial tiles, forward and backward apart (the backward alone
 ``LoadedPlan.attention`` a training step calls. The plans vary the tiles per list, the number of
 lists and heads, and their balance (one heavy list among light ones, a few heavy lists on an idle
 GPU), so a relative least-squares fit separates the launch cost, the per-program cost, the
-full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kernel`). It also
+full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kernel`). Library
+masks (causal, windows, documents, prefix-LM, Longformer, at lengths other than the
+benchmark's) add the loads of real masks, whose key tiles many query rows share. Every measurement
+is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
 times the gather of a reordered plan (four ``index_select`` over the sequence, rows of the head
 dim) and SDPA on all-true and causal masks (through dense plans), and fits each as
 ``launch + unit · units``.
@@ -24,6 +27,7 @@ and the profile records ``"kind": "cpu"`` so it is never taken for a GPU's.
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -33,9 +37,10 @@ import numpy as np
 
 import maskc
 from maskc import cost
+from maskc.compiler import bitmap_plan
 from maskc.compiler import compile as compile_mask
-from maskc.runtime.format import Plan, validate
-from maskc.runtime.intervals import INTERVAL_TILE, LTE, LTS, UTE, UTS, masked_rows
+from maskc.runtime.format import Plan
+from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -68,21 +73,30 @@ class CalibrateConfig:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One synthetic plan: ``heads`` heads and per list its full and partial tile counts, the lists
-    being query-tile rows (``layout="rows"``: each row owns its key tiles) or key-tile columns
-    (``layout="cols"``: each key tile is seen by its own run of query-tile rows)."""
+    """One plan to time with ``heads`` heads: either synthetic, per list its full and partial tile
+    counts, the lists being query-tile rows (``layout="rows"``: each row owns its key tiles) or
+    key-tile columns (``layout="cols"``: each key tile is seen by its own run of query-tile rows);
+    or a library mask (``layout="mask"``, ``spec`` its JSON spec), whose key tiles are shared by
+    many rows as in real masks."""
 
     heads: int
-    full: tuple[int, ...]
-    partial: tuple[int, ...]
+    full: tuple[int, ...] = ()
+    partial: tuple[int, ...] = ()
     layout: str = "rows"
+    spec: str | None = None
+
+    @classmethod
+    def of_mask(cls, heads: int, **spec: Any) -> "Experiment":
+        return cls(heads, layout="mask", spec=json.dumps(spec, sort_keys=True))
 
 
 def experiments(quick: bool, cpu: bool) -> list[Experiment]:
     """The plans timed per kernel configuration: balanced loads of full, partial and mixed tiles
     (per-tile costs), the same tiles over more or fewer lists (per-program cost), a few heavy lists
     on an idle device and one heavy list among light ones (concurrency), column-heavy plans (the
-    dK/dV pass), and a single tile (launch)."""
+    dK/dV pass), a single tile (launch), and library masks at lengths and parameters other than
+    the benchmark's, whose key tiles many rows share (causal, windows, documents, prefix-LM,
+    Longformer, short bidirectional documents)."""
     if cpu:
         rows, heads, k = 2, 1, (1, 2, 4)
         return [
@@ -90,6 +104,7 @@ def experiments(quick: bool, cpu: bool) -> list[Experiment]:
             Experiment(heads, (0,) * rows, (k[1],) * rows), Experiment(heads, (k[1],) * rows, (k[1],) * rows),
             Experiment(1, (1,), (0,)), Experiment(2, (k[2], 1), (0, 0)), Experiment(heads, (1,) * 4, (0,) * 4),
             Experiment(heads, (k[1],) * rows, (0,) * rows, "cols"), Experiment(heads, (0,) * rows, (k[1],) * rows, "cols"),
+            Experiment.of_mask(heads, kind="causal", n=256),
         ]
     rows, heads = (16, 8) if quick else (64, 16)
     heavy = 32 if quick else 128
@@ -103,10 +118,27 @@ def experiments(quick: bool, cpu: bool) -> list[Experiment]:
         *(Experiment(heads, (k,) * rows, (0,) * rows, "cols") for k in (1, 8)),  # column-heavy: the dK/dV side
         Experiment(heads, (0,) * rows, (8,) * rows, "cols"),
     ]
-    if not quick:
-        out += [Experiment(heads, (64,) * rows, (0,) * rows), Experiment(heads, (0,) * rows, (64,) * rows),
-                Experiment(4, (heavy,) * 16, (0,) * 16)]
-    return out
+    if quick:
+        return out + [Experiment.of_mask(heads, kind="causal", n=4096), Experiment.of_mask(heads, kind="documents", lengths=_lengths(4096, 300)),
+                      Experiment.of_mask(heads, kind="documents", lengths=_lengths(2048, 100), causal=False)]
+    return out + [
+        Experiment(heads, (64,) * rows, (0,) * rows), Experiment(heads, (0,) * rows, (64,) * rows),
+        Experiment(4, (heavy,) * 16, (0,) * 16),
+        # library masks: key tiles shared by many rows, the loads of real masks
+        *(Experiment.of_mask(heads, kind="causal", n=n) for n in (2048, 4096, 16384)),
+        Experiment.of_mask(1, kind="causal", n=16384),  # 128 unbalanced rows on an idle device
+        Experiment.of_mask(heads, kind="sliding_window", n=16384, window=2048, causal=True),
+        Experiment.of_mask(heads, kind="documents", lengths=_lengths(16384, 512), causal=True),  # tile-aligned: full tiles
+        Experiment.of_mask(heads, kind="documents", lengths=_lengths(16384, 300), causal=True),  # mostly partial tiles
+        Experiment.of_mask(heads, kind="prefix_lm", n=16384, prefix=5000),
+        Experiment.of_mask(heads, kind="longformer", n=16384, window=512, global_tokens=list(range(16)), causal=False),
+        Experiment.of_mask(heads, kind="documents", lengths=_lengths(8192, 100), causal=False),  # partial tiles only
+    ]
+
+
+def _lengths(n: int, length: int) -> list[int]:
+    """``n`` tokens in documents of ``length`` (the last one shorter)."""
+    return [length] * (n // length) + ([n % length] if n % length else [])
 
 
 def synthetic_intervals(e: Experiment, bm: int, bn: int) -> tuple[np.ndarray, int, int]:
@@ -144,46 +176,14 @@ def synthetic_intervals(e: Experiment, bm: int, bn: int) -> tuple[np.ndarray, in
 
 
 def synthetic_plan(e: Experiment, kernel: str, bm: int, bn: int) -> Plan:
-    """The experiment's plan for the block-sparse or interval kernel (no row of the mask is read)."""
+    """The experiment's plan for the block-sparse or interval kernel (no ``N × N`` mask is built)."""
+    if e.layout == "mask":
+        from maskc.spec import from_spec
+
+        return compile_mask(from_spec(json.loads(e.spec)), block=(bm, bn), variant=kernel)
     vectors, q_len, kv_len = synthetic_intervals(e, bm, bn)
     plan = compile_mask(IntervalSource(vectors, (1, 1, q_len, kv_len), "calibration"), block=(bm, bn), variant="intervals", schedule="none")
-    return plan if kernel == "intervals" else with_bitmaps(plan)
-
-
-def with_bitmaps(plan: Plan) -> Plan:
-    """The block-sparse plan of an interval plan's mask: same lists, each partial tile's bitmap
-    rebuilt from the intervals (identical ones stored once, numbered in row-list order)."""
-    a, bm, bn = plan.arrays, plan.block_m, plan.block_n
-    ids: dict[bytes, int] = {}
-    words: list[np.ndarray] = []
-    tile_of: dict[tuple[int, int, int], int] = {}
-    row_tile = a["row_tile"].astype(np.int64).copy()
-    owner = np.repeat(np.arange(plan.slices * plan.tiles_m), np.diff(a["row_ptr"]))
-    for e in np.flatnonzero(row_tile == INTERVAL_TILE):
-        s, m = divmod(int(owner[e]), plan.tiles_m)
-        n = int(a["row_col"][e])
-        rows = np.arange(m * bm, min((m + 1) * bm, plan.q_len))[:, None]
-        cols = slice(n * bn, min((n + 1) * bn, plan.kv_len))
-        tile = np.zeros((bm, bn), dtype=bool)
-        visible = ~masked_rows(plan.arrays["intervals"][s][:, cols], rows)
-        tile[: visible.shape[0], : visible.shape[1]] = visible
-        packed = np.packbits(tile, axis=-1, bitorder="little").view("<u4")
-        tid = ids.setdefault(packed.tobytes(), len(words))
-        if tid == len(words):
-            words.append(packed)
-        row_tile[e] = tile_of[(s, m, n)] = tid
-    col_tile = a["col_tile"].astype(np.int64).copy()
-    col_owner = np.repeat(np.arange(plan.slices * plan.tiles_n), np.diff(a["col_ptr"]))
-    for e in np.flatnonzero(col_tile == INTERVAL_TILE):
-        s, n = divmod(int(col_owner[e]), plan.tiles_n)
-        col_tile[e] = tile_of[(s, int(a["col_row"][e]), n)]
-    arrays = {**a, "row_tile": row_tile.astype("<i4"), "col_tile": col_tile.astype("<i4"),
-              "bitmaps": np.stack(words) if words else np.zeros((0, bm, bn // 32), dtype="<u4"),
-              "intervals": np.zeros((0, 4, plan.kv_len), dtype="<i4")}
-    out = Plan(plan.q_len, plan.kv_len, plan.batch, plan.heads, bm, bn, plan.visible_pairs, plan.mask_sha256, arrays,
-               variant="block_sparse", hash_of=plan.hash_of, options=dict(plan.options))
-    validate(out)
-    return out
+    return plan if kernel == "intervals" else bitmap_plan(plan)
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -282,11 +282,12 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
             continue
         samples["fwd"].append(cost.KernelSample((work.rows,), e.heads, fwd))
         samples["bwd"].append(cost.KernelSample((work.rows, work.cols), e.heads, bwd))
-        say(f"    {e.layout} heads={e.heads} lists={len(e.full)} tiles={work.rows.full}+{work.rows.partial}: fwd {fwd:.4f} ms, bwd {bwd:.4f} ms")
+        what = e.spec if e.layout == "mask" else f"{e.layout} lists={len(e.full)}"
+        say(f"    {what} heads={e.heads} tiles={work.rows.full}+{work.rows.partial}: fwd {fwd:.4f} ms, bwd {bwd:.4f} ms")
     return samples
 
 
-def _gather_fit(dev: _Device, d: int, dtype: str) -> tuple[cost.LinearCost, cost.FitStats]:
+def _gather_samples(dev: _Device, d: int, dtype: str) -> tuple[list[float], list[float]]:
     """Four ``index_select`` along the sequence (q, k, v and the output), as a reordered call makes."""
     torch = dev.torch
     heads = 2 if dev.device.type == "cpu" else 16
@@ -303,10 +304,10 @@ def _gather_fit(dev: _Device, d: int, dtype: str) -> tuple[cost.LinearCost, cost
         units.append(n * 4 * heads)  # token rows moved: B * (2 Hq + 2 Hkv) * N
         del q, k, v, o
         dev.free()
-    return cost.fit_linear(units, times)
+    return units, times
 
 
-def _sdpa_fits(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tuple[cost.LinearCost, cost.FitStats]]:
+def _sdpa_samples(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
     """SDPA through dense plans, all-true and causal, forward and backward, at several lengths."""
     from maskc import library
     from maskc.runtime import load_plan
@@ -322,13 +323,13 @@ def _sdpa_fits(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tuple[
             units.append(plan.visible_pairs * heads)
             fwd.append(f)
             bwd.append(b)
-        out[(mask, "fwd")] = cost.fit_linear(units, fwd)
-        out[(mask, "bwd")] = cost.fit_linear(units, bwd)
+        out[(mask, "fwd")] = (units, fwd)
+        out[(mask, "bwd")] = (units, bwd)
     return out
 
 
 def calibrate(cfg: CalibrateConfig, progress: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
-    """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/1``
+    """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/2``
     schema, checked by :func:`maskc.cost.parse_profile`)."""
     dev = _Device(cfg)
     if dev.device.type == "cpu" and not cfg.quick:
@@ -367,24 +368,57 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
                         if len(found) < 5:
                             dev.notes.append(f"{kernel} {pass_} {block}x{block} D={d} {dtype}: only {len(found)} samples, not fitted")
                             continue
-                        fitted, stats = cost.fit_kernel(found)
-                        profile["kernels"].append({
-                            "kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": bucket, "dtype": dtype,
-                            "launch_ms": fitted.launch_ms, "program_ms": fitted.program_ms, "full_tile_ms": fitted.full_tile_ms,
-                            "partial_tile_ms": fitted.partial_tile_ms, "concurrency": fitted.concurrency, "fit": stats.as_dict(),
-                        })
-                        say(f"  {pass_}: launch {fitted.launch_ms:.4g} ms, program {fitted.program_ms:.3g}, full tile {fitted.full_tile_ms:.3g}, "
-                            f"partial tile {fitted.partial_tile_ms:.3g}, concurrency {fitted.concurrency:.3g}; rms error {stats.rms_rel_error:.1%}")
+                        entry = {"kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": bucket, "dtype": dtype,
+                                 "samples": [x.as_dict() for x in found]}
+                        profile["kernels"].append(_fit_kernel_entry(entry))
+                        say(_describe_fit(entry))
             say(f"gather, head dim {d}, {dtype}")
-            gather, stats = _gather_fit(dev, d, dtype)
-            profile["gather"].append({"head_dim": bucket, "dtype": dtype, "launch_ms": gather.launch_ms, "row_ms": gather.unit_ms, "fit": stats.as_dict()})
+            units, times = _gather_samples(dev, d, dtype)
+            profile["gather"].append(_fit_linear_entry({"head_dim": bucket, "dtype": dtype, "samples": [list(p) for p in zip(units, times)]}, "row_ms"))
             say(f"sdpa, head dim {d}, {dtype}")
-            for (mask, pass_), (fitted, stats) in _sdpa_fits(dev, d, dtype).items():
-                profile["sdpa"].append({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
-                                        "launch_ms": fitted.launch_ms, "pair_ms": fitted.unit_ms, "fit": stats.as_dict()})
+            for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
+                profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
+                                                          "samples": [list(p) for p in zip(units, times)]}, "pair_ms"))
     profile["notes"] = dev.notes
     cost.parse_profile(profile)
     return profile
+
+
+def _fit_kernel_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A kernel entry's constants and fit statistics, fitted to its ``samples``."""
+    fitted, stats = cost.fit_kernel([cost.KernelSample.from_dict(x) for x in entry["samples"]])
+    entry.update(fitted.as_dict())
+    entry["fit"] = stats.as_dict()
+    return entry
+
+
+def _fit_linear_entry(entry: dict[str, Any], unit_key: str) -> dict[str, Any]:
+    """A gather or SDPA entry's ``launch + unit · units`` fitted to its ``[units, ms]`` samples."""
+    units, times = zip(*entry["samples"])
+    fitted, stats = cost.fit_linear(list(units), list(times))
+    entry.update({"launch_ms": fitted.launch_ms, unit_key: fitted.unit_ms, "fit": stats.as_dict()})
+    return entry
+
+
+def _describe_fit(entry: dict[str, Any]) -> str:
+    costs = cost.parse_kernel_entry(entry, "")
+    lists = ", ".join(f"{name}: program {c.program_ms:.3g}, full tile {c.full_tile_ms:.3g}, partial tile {c.partial_tile_ms:.3g}"
+                      for name, c in zip(cost.LAUNCHES[entry["pass"]], costs.lists))
+    return (f"  {entry['pass']}: launch {costs.launch_ms:.4g} ms, {lists}, concurrency {costs.concurrency:.3g}; "
+            f"rms error {entry['fit']['rms_rel_error']:.1%}")
+
+
+def refit(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile with every constant fitted again to the samples it records (the fit is the
+    model's; the measurements are the GPU's, so a changed model needs no new GPU run)."""
+    cost.parse_profile(profile)
+    out = dict(profile)
+    out["kernels"] = [_fit_kernel_entry(dict(e)) for e in profile["kernels"]]
+    out["gather"] = [_fit_linear_entry(dict(e), "row_ms") for e in profile["gather"]]
+    out["sdpa"] = [_fit_linear_entry(dict(e), "pair_ms") for e in profile["sdpa"]]
+    out["refits"] = profile.get("refits", []) + [{"date": _now(), "maskc": maskc.__version__}]
+    cost.parse_profile(out)
+    return out
 
 
 def merge_profiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +444,7 @@ def merge_profiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def _environment(torch, command: str | None, backend: str) -> dict[str, Any]:
     env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _now(),
         "command": command if command is not None else " ".join(sys.argv),
         "maskc": maskc.__version__,
         "python": platform.python_version(),
@@ -425,3 +459,7 @@ def _environment(torch, command: str | None, backend: str) -> dict[str, Any]:
     except ImportError:
         env["triton"] = None
     return env
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

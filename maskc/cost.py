@@ -25,11 +25,14 @@ spread over the whole GPU (the constants are per-tile *throughput* costs, all SM
 is the critical path: the heaviest list runs on one SM, ``concurrency`` times slower than the
 throughput rate (``concurrency`` ≈ programs resident at once). The forward is one such launch over
 the row lists; the backward (timed alone) two, over the row lists (dQ) and the column lists
-(dK/dV), sharing one set of constants. A reordered plan adds, per pass, ``launch + row·rows`` for
+(dK/dV), each with its own program and tile constants (the two kernels do different work per
+tile) and one launch cost and concurrency for the pass. A reordered plan adds, per pass, ``launch + row·rows`` for
 the four gathers (q, k, v and the output; dO and dq, dk, dv in the backward), ``rows`` being the
 token rows moved, ``B·(2·Hq + 2·Hkv)·N``. Dense SDPA takes ``launch + pair·pairs``, per pass, causal
 and full apart. Every constant is per (tile size, head-dim bucket, dtype) and per pass, fitted by
-``maskc calibrate`` on the GPU and stored in a profile (JSON); nothing here is a guess. Grouped-
+``maskc calibrate`` on the GPU and stored in a profile (JSON) with the measurements they were
+fitted to, so ``maskc calibrate --refit`` can fit a changed model again without a GPU; nothing
+here is a guess. Grouped-
 query attention is modelled as its query heads.
 
 **Profiles.** ``load_profile(name_or_path)`` reads ``maskc/profiles/<GPU name>.json`` or a path. The
@@ -45,6 +48,7 @@ import json
 import math
 import os
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +57,15 @@ import numpy as np
 
 from maskc.runtime.format import Plan, PlanError
 
-SCHEMA = "maskc-profile/1"
+SCHEMA = "maskc-profile/2"
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "NVIDIA H100 80GB HBM3"
 ENV_PROFILE = "MASKC_PROFILE"
 NO_PROFILE = "none"
 KERNELS = ("block_sparse", "intervals")
 PASSES = ("fwd", "bwd")
+LAUNCHES = {"fwd": ("rows",), "bwd": ("dq", "dkdv")}
+"""The tile-kernel launches of each pass and the lists they walk: rows, rows, columns."""
 OBJECTIVES = ("fwd_bwd", "fwd")
 DTYPES = ("bf16", "fp16", "fp32")
 HEAD_DIM_BUCKETS = (32, 64, 128, 256)  # the kernels pad the head dim to the next of these
@@ -241,26 +247,40 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class KernelCosts:
-    """Fitted constants of one tile kernel pass (ms): see the module docstring."""
+class ListCosts:
+    """The per-list constants of one kernel launch (ms): see the module docstring."""
 
-    launch_ms: float
     program_ms: float
     full_tile_ms: float
     partial_tile_ms: float
-    concurrency: float
 
-    def list_cost(self, full: float, partial: float) -> float:
+    def cost(self, full: float, partial: float) -> float:
         return self.program_ms + self.full_tile_ms * full + self.partial_tile_ms * partial
 
-    def launch(self, lists: ListWork, mult: float) -> float:
+
+@dataclass(frozen=True)
+class KernelCosts:
+    """Fitted constants of one tile kernel pass (ms): a launch cost, per launch of the pass (the
+    forward over the row lists; the backward's dQ over the rows, dK/dV over the columns) its
+    per-list constants, and the concurrency."""
+
+    launch_ms: float
+    lists: tuple[ListCosts, ...]
+    concurrency: float
+
+    def launch(self, costs: ListCosts, lists: ListWork, mult: float) -> float:
         """One launch over ``lists``: the larger of the spread-out total and the critical path."""
-        total = mult * (self.program_ms * lists.lists + self.full_tile_ms * lists.full + self.partial_tile_ms * lists.partial)
-        heaviest = max((self.list_cost(f, p) for f, p in lists.front), default=0.0)
+        total = mult * (costs.program_ms * lists.lists + costs.full_tile_ms * lists.full + costs.partial_tile_ms * lists.partial)
+        heaviest = max((costs.cost(f, p) for f, p in lists.front), default=0.0)
         return max(total, self.concurrency * heaviest)
 
     def time(self, work_lists: list[ListWork], mult: float) -> float:
-        return self.launch_ms + sum(self.launch(lists, mult) for lists in work_lists)
+        if len(work_lists) != len(self.lists):
+            raise ProfileError(f"a pass of {len(self.lists)} launches cannot be predicted from {len(work_lists)} list sets")
+        return self.launch_ms + sum(self.launch(c, lists, mult) for c, lists in zip(self.lists, work_lists))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"launch_ms": self.launch_ms, "lists": [dataclasses.asdict(c) for c in self.lists], "concurrency": self.concurrency}
 
 
 @dataclass(frozen=True)
@@ -347,9 +367,7 @@ def parse_profile(data: Any, source: str = "<memory>", sha256: str | None = None
         block = _get(e, "block", list, w)
         if len(block) != 2 or not all(_is_count(v) for v in block):
             raise ProfileError(f"{w}: block must be [block_m, block_n]")
-        costs = KernelCosts(*(_nonneg(e, k, w) for k in ("launch_ms", "program_ms", "full_tile_ms", "partial_tile_ms", "concurrency")))
-        if costs.concurrency < 1:
-            raise ProfileError(f"{w}: concurrency must be at least 1")
+        costs = parse_kernel_entry(e, w)
         profile.kernels[(kernel, pass_, block[0], block[1], _bucket(e, w), _choice(e, "dtype", DTYPES, w))] = costs
     for i, e in enumerate(_get(data, "gather", list, where)):
         w = f"{where} gather[{i}]"
@@ -359,6 +377,21 @@ def parse_profile(data: Any, source: str = "<memory>", sha256: str | None = None
         key = (_choice(e, "mask", ("causal", "full"), w), _choice(e, "pass", PASSES, w), _bucket(e, w), _choice(e, "dtype", DTYPES, w))
         profile.sdpa[key] = LinearCost(_nonneg(e, "launch_ms", w), _nonneg(e, "pair_ms", w))
     return profile
+
+
+def parse_kernel_entry(e: dict, where: str) -> KernelCosts:
+    """A kernel entry's constants: ``launch_ms``, one ``lists`` item per launch of its pass, ``concurrency``."""
+    pass_ = _choice(e, "pass", PASSES, where)
+    lists = _get(e, "lists", list, where)
+    if len(lists) != len(LAUNCHES[pass_]):
+        raise ProfileError(f"{where}: a {pass_} entry needs {len(LAUNCHES[pass_])} lists constants ({', '.join(LAUNCHES[pass_])})")
+    costs = KernelCosts(_nonneg(e, "launch_ms", where),
+                        tuple(ListCosts(*(_nonneg(c, k, f"{where} lists[{i}]") for k in ("program_ms", "full_tile_ms", "partial_tile_ms")))
+                              for i, c in enumerate(lists)),
+                        _nonneg(e, "concurrency", where))
+    if costs.concurrency < 1:
+        raise ProfileError(f"{where}: concurrency must be at least 1")
+    return costs
 
 
 def _get(d: dict, key: str, kind: type, where: str):
@@ -570,11 +603,21 @@ def plan_candidate(plan: Plan) -> Candidate:
 
 @dataclass(frozen=True)
 class KernelSample:
-    """One measured launch set: the lists it walked (one ListWork per launch), ``mult``, its time."""
+    """One measured pass: the lists each of its launches walked, ``mult``, its time."""
 
     lists: tuple[ListWork, ...]
     mult: float
     time_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lists": [w.as_dict() for w in self.lists], "mult": self.mult, "time_ms": self.time_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "KernelSample":
+        try:
+            return cls(tuple(ListWork.from_dict(w) for w in d["lists"]), float(d["mult"]), float(d["time_ms"]))
+        except (KeyError, TypeError, ValueError, PlanError) as e:
+            raise ProfileError(f"a kernel sample must hold lists, mult and time_ms ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -594,18 +637,25 @@ def _stats(predicted: np.ndarray, measured: np.ndarray) -> FitStats:
     return FitStats(int(measured.size), float(np.sqrt(np.mean(rel**2))), float(np.max(np.abs(rel))))
 
 
+def _costs(theta: np.ndarray, launches: int, concurrency: float) -> KernelCosts:
+    """``theta`` = (launch, then program, full, partial per launch) as KernelCosts."""
+    return KernelCosts(float(theta[0]), tuple(ListCosts(*map(float, theta[1 + 3 * i: 4 + 3 * i])) for i in range(launches)), concurrency)
+
+
 def _design_row(sample: KernelSample, theta: np.ndarray, concurrency: float) -> np.ndarray:
-    """The coefficients of (launch, program, full, partial) in the sample's prediction, taking each
-    launch's branch (total or critical path, and which front point) that is largest under ``theta``."""
-    row = np.array([1.0, 0.0, 0.0, 0.0])
-    for lists in sample.lists:
-        total = sample.mult * np.array([lists.lists, lists.full, lists.partial], dtype=float)
-        best = total
+    """The coefficients of (launch, then program, full, partial per launch) in the sample's
+    prediction, taking each launch's branch (total or critical path, and which front point) that
+    is largest under ``theta``."""
+    row = np.zeros(1 + 3 * len(sample.lists))
+    row[0] = 1.0
+    for i, lists in enumerate(sample.lists):
+        own = theta[1 + 3 * i: 4 + 3 * i]
+        best = sample.mult * np.array([lists.lists, lists.full, lists.partial], dtype=float)
         for f, p in lists.front:
             critical = concurrency * np.array([1.0, f, p])
-            if critical @ theta[1:] > best @ theta[1:]:
+            if critical @ own > best @ own:
                 best = critical
-        row[1:] += best
+        row[1 + 3 * i: 4 + 3 * i] = best
     return row
 
 
@@ -614,7 +664,7 @@ def _fit_given_concurrency(samples: list[KernelSample], measured: np.ndarray, co
     fitting and re-taking each sample's largest branch until the branches settle."""
     from scipy.optimize import nnls
 
-    theta = np.zeros(4)  # all branches tie: start from the total-work branch
+    theta = np.zeros(1 + 3 * len(samples[0].lists))  # all branches tie: start from the total-work branch
     rows = None
     for _ in range(50):
         new_rows = np.stack([_design_row(s, theta, concurrency) for s in samples])
@@ -622,12 +672,9 @@ def _fit_given_concurrency(samples: list[KernelSample], measured: np.ndarray, co
             break
         rows = new_rows
         theta, _ = nnls(rows / measured[:, None], np.ones(measured.size))
-    predicted = np.array([_predict_sample(s, theta, concurrency) for s in samples])
+    costs = _costs(theta, len(samples[0].lists), concurrency)
+    predicted = np.array([costs.time(list(s.lists), s.mult) for s in samples])
     return theta, float(np.sum(((predicted - measured) / measured) ** 2))
-
-
-def _predict_sample(sample: KernelSample, theta: np.ndarray, concurrency: float) -> float:
-    return KernelCosts(*theta, concurrency).time(list(sample.lists), sample.mult)
 
 
 def fit_kernel(samples: list[KernelSample], max_concurrency: float = 4096.0) -> tuple[KernelCosts, FitStats]:
@@ -638,6 +685,8 @@ def fit_kernel(samples: list[KernelSample], max_concurrency: float = 4096.0) -> 
     constants."""
     if len(samples) < 5:
         raise ProfileError(f"a kernel fit needs at least 5 samples, got {len(samples)}")
+    if len({len(s.lists) for s in samples}) != 1:
+        raise ProfileError("every sample of a kernel fit must have the same number of launches")
     measured = np.array([s.time_ms for s in samples], dtype=float)
     if np.any(measured <= 0):
         raise ProfileError("every measured time must be positive")
@@ -662,7 +711,7 @@ def fit_kernel(samples: list[KernelSample], max_concurrency: float = 4096.0) -> 
     theta_refined, loss_refined = _fit_given_concurrency(samples, measured, float(2.0**refined.x))
     if loss_refined < loss - 1e-15:
         concurrency, theta = float(2.0**refined.x), theta_refined
-    costs = KernelCosts(*map(float, theta), concurrency)
+    costs = _costs(theta, len(samples[0].lists), concurrency)
     predicted = np.array([costs.time(list(s.lists), s.mult) for s in samples])
     return costs, _stats(predicted, measured)
 

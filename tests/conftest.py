@@ -48,17 +48,19 @@ def no_shipped_profile(monkeypatch):
 
 def make_profile(name: str = "Test GPU", head_dim: int = 128, dtype: str = "bf16", tile_ms: float = 0.001, partial_ms: float = 0.0015,
                  pair_ms: float = 1e-9, row_ms: float = 1e-6, kernels=("block_sparse", "intervals")) -> dict:
-    """A ``maskc-profile/1`` dict with made-up constants, for tests of the cost model's plumbing only."""
+    """A ``maskc-profile/2`` dict with made-up constants, for tests of the cost model's plumbing only."""
     entries = []
     for kernel in kernels:
         for pass_, factor in (("fwd", 1.0), ("bwd", 2.5)):
             for block in (64, 128):
                 area = (block / 128) ** 2
+                launches = 1 if pass_ == "fwd" else 2
+                per_list = {"program_ms": 0.0005 * factor / launches, "full_tile_ms": tile_ms * factor * area / launches,
+                            "partial_tile_ms": partial_ms * factor * area * (1.2 if kernel == "intervals" else 1.0) / launches}
                 entries.append({"kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": head_dim, "dtype": dtype,
-                                "launch_ms": 0.01, "program_ms": 0.0005 * factor, "full_tile_ms": tile_ms * factor * area,
-                                "partial_tile_ms": partial_ms * factor * area * (1.2 if kernel == "intervals" else 1.0), "concurrency": 132.0})
+                                "launch_ms": 0.01, "lists": [per_list] * launches, "concurrency": 132.0})
     return {
-        "schema": "maskc-profile/1",
+        "schema": "maskc-profile/2",
         "device": {"kind": "test", "name": name},
         "kernels": entries,
         "gather": [{"head_dim": head_dim, "dtype": dtype, "launch_ms": 0.01, "row_ms": row_ms}],

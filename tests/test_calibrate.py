@@ -24,7 +24,9 @@ def test_synthetic_plans_have_the_tiles_they_claim(kernel, block):
             assert np.array_equal(plan.arrays[name], expected.arrays[name]), (e, name)
         work = cost.work_of(plan)
         lists = (e.full, e.partial)
-        if e.layout == "rows":
+        if e.layout == "mask":
+            assert work.rows.full + work.rows.partial == work.cols.full + work.cols.partial > 0
+        elif e.layout == "rows":
             assert (work.rows.full, work.rows.partial) == (sum(lists[0]), sum(lists[1]))
             assert sorted(zip(*lists)) == sorted(zip(plan.arrays["row_full"].tolist(), (np.diff(plan.arrays["row_ptr"]) - plan.arrays["row_full"]).tolist()))
         else:
@@ -51,6 +53,15 @@ def test_calibrate_on_cpu_writes_a_valid_profile(tmp_path, monkeypatch):
     plan = maskc.compile(library.documents([100, 150, 70]), workload=cost.Workload(heads=2, head_dim=32, dtype="fp32"))
     assert plan.predictions["profile"] == data["device"]["name"] and plan.predictions["chosen"] is not None
     assert all(isinstance(c["fwd_ms"], float) for c in plan.predictions["candidates"].values())
+    # the measurements are kept: refitting them gives the same constants, without a device
+    refitted = tmp_path / "refit.json"
+    result = CliRunner().invoke(cli, ["calibrate", "--refit", str(out), "-o", str(refitted), "-q"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(refitted.read_text())
+    for before, after in zip(data["kernels"], again["kernels"], strict=True):
+        assert len(before["samples"]) == before["fit"]["samples"] and after["samples"] == before["samples"]
+        assert after["lists"] == pytest.approx(before["lists"]) and after["concurrency"] == pytest.approx(before["concurrency"])
+    assert [e["launch_ms"] for e in again["sdpa"]] == pytest.approx([e["launch_ms"] for e in data["sdpa"]]) and len(again["refits"]) == 1
 
 
 def test_profiles_measured_in_parts_merge(tmp_path):
@@ -77,9 +88,12 @@ def test_profiles_measured_in_parts_merge(tmp_path):
         (["--device", "cpu", "--quick", "-o", "nodir/x.json"], "output directory does not exist"),
         (["--device", "cpu", "--quick", "-o", "x.json", "--blocks", "32"], "choose from 64, 128"),
         (["--device", "cpu", "--quick", "-o", "x.json", "--dtypes", "int8"], "choose from bf16, fp16, fp32"),
+        (["--refit", "missing.json"], "--refit: cannot read missing.json"),
+        (["--refit", "bad.json"], "--refit: bad.json is not a profile with its measurements"),
     ],
 )
 def test_calibrate_usage_errors(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text('{"schema": "maskc-profile/2"}')
     result = CliRunner().invoke(cli, ["calibrate", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -36,24 +36,29 @@ def test_pareto_front_is_the_set_of_undominated_lists(rng):
 @pytest.mark.parametrize("pass_", ["fwd", "bwd"])
 @pytest.mark.parametrize("concurrency", [128.0, 100.0])
 def test_kernel_fit_recovers_the_constants_that_made_its_data(calibration_work, pass_, concurrency):
-    true = cost.KernelCosts(launch_ms=0.012, program_ms=0.0008, full_tile_ms=0.0021, partial_tile_ms=0.0034, concurrency=concurrency)
+    rows, cols = cost.ListCosts(0.0008, 0.0021, 0.0034), cost.ListCosts(0.0013, 0.0026, 0.0031)
+    true = cost.KernelCosts(0.012, (rows,) if pass_ == "fwd" else (rows, cols), concurrency)
     samples = []
     for e, work in calibration_work:
         lists = (work.rows,) if pass_ == "fwd" else (work.rows, work.cols)
         samples.append(cost.KernelSample(lists, e.heads, true.time(list(lists), e.heads)))
     fitted, stats = cost.fit_kernel(samples)
     tolerance = 1e-9 if concurrency == 128.0 else 1e-4  # 128 lies on the search grid, 100 between its points
-    for name in ("launch_ms", "program_ms", "full_tile_ms", "partial_tile_ms", "concurrency"):
-        assert getattr(fitted, name) == pytest.approx(getattr(true, name), rel=tolerance), name
+    assert fitted.launch_ms == pytest.approx(true.launch_ms, rel=tolerance)
+    assert fitted.concurrency == pytest.approx(true.concurrency, rel=tolerance)
+    for got, want in zip(fitted.lists, true.lists, strict=True):
+        for name in ("program_ms", "full_tile_ms", "partial_tile_ms"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=tolerance), name
     assert stats.samples == len(samples) and stats.max_rel_error < tolerance
 
 
 def test_kernel_fit_with_noise_stays_close(calibration_work):
-    true = cost.KernelCosts(0.012, 0.0008, 0.0021, 0.0034, 128.0)
+    true = cost.KernelCosts(0.012, (cost.ListCosts(0.0008, 0.0021, 0.0034),), 128.0)
     noise = np.random.default_rng(0).normal(0, 0.02, len(calibration_work))
     samples = [cost.KernelSample((w.rows,), e.heads, true.time([w.rows], e.heads) * (1 + z)) for (e, w), z in zip(calibration_work, noise)]
     fitted, stats = cost.fit_kernel(samples)
-    assert fitted.full_tile_ms == pytest.approx(0.0021, rel=0.05) and fitted.partial_tile_ms == pytest.approx(0.0034, rel=0.05)
+    (rows,) = fitted.lists
+    assert rows.full_tile_ms == pytest.approx(0.0021, rel=0.05) and rows.partial_tile_ms == pytest.approx(0.0034, rel=0.05)
     assert fitted.concurrency == pytest.approx(128, rel=0.1) and stats.rms_rel_error < 0.03
 
 
@@ -70,12 +75,13 @@ def test_predictions_follow_the_model():
     workload = cost.Workload()
     plan = maskc.compile(library.documents([300, 200, 524]), block=64, variant="block_sparse")
     work = cost.work_of(plan)
-    k = profile.kernel("block_sparse", "fwd", (64, 64), workload)
+    kernel = profile.kernel("block_sparse", "fwd", (64, 64), workload)
+    (k,) = kernel.lists
     mult = 16
     total = mult * (k.program_ms * work.rows.lists + k.full_tile_ms * work.rows.full + k.partial_tile_ms * work.rows.partial)
     heaviest = max(k.program_ms + k.full_tile_ms * f + k.partial_tile_ms * p for f, p in work.rows.front)
     plain = cost.predict(profile, cost.Candidate("block_sparse", (64, 64)), work, workload)
-    assert plain.fwd_ms == pytest.approx(k.launch_ms + max(total, k.concurrency * heaviest))
+    assert plain.fwd_ms == pytest.approx(kernel.launch_ms + max(total, kernel.concurrency * heaviest))
     reordered = cost.predict(profile, cost.Candidate("block_sparse", (64, 64), True), work, workload)
     gather = profile.gather_cost(workload).time(1 * (2 * 16 + 2 * 16) * 1024)
     assert reordered.fwd_ms == pytest.approx(plain.fwd_ms + gather) and reordered.bwd_ms == pytest.approx(plain.bwd_ms + gather)
@@ -97,15 +103,15 @@ def test_profiles_load_by_path_and_refuse_clearly(tmp_path, monkeypatch):
     with pytest.raises(cost.ProfileError, match="profile file not found"):
         cost.load_profile(tmp_path / "missing.json")
     bad = make_profile()
-    bad["kernels"][0]["full_tile_ms"] = -1
+    bad["kernels"][0]["lists"] = [{**bad["kernels"][0]["lists"][0], "full_tile_ms": -1}]
     path.write_text(json.dumps(bad))
-    with pytest.raises(cost.ProfileError, match=r"kernels\[0\]: full_tile_ms must be a finite number >= 0"):
+    with pytest.raises(cost.ProfileError, match=r"kernels\[0\] lists\[0\]: full_tile_ms must be a finite number >= 0"):
         cost.load_profile(path)
     path.write_text("{")
     with pytest.raises(cost.ProfileError, match="not a JSON profile"):
         cost.load_profile(path)
     path.write_text(json.dumps({"schema": "other"}))
-    with pytest.raises(cost.ProfileError, match="is not a maskc-profile/1 profile"):
+    with pytest.raises(cost.ProfileError, match="is not a maskc-profile/2 profile"):
         cost.load_profile(path)
     assert cost.default_profile() is None  # MASKC_PROFILE=none
     path.write_text(json.dumps(make_profile()))
