@@ -48,6 +48,8 @@ class BenchUsageError(click.ClickException):
 @click.option("--flex-tree", type=click.Choice(["dense", "interval"]), default="dense", show_default=True,
               help="FlexAttention mask_mod for token_tree/medusa: dense-mask lookup, or the closed-form preorder-interval test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of q/k/v and of the random masks.")
+@click.option("--window", type=click.IntRange(min=1), help="sliding_window's window.  [default: 1024]")
+@click.option("--prefix", type=click.IntRange(min=0), help="prefix_lm's prefix length.  [default: N/4]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(ns, quiet, json_path, **options) -> None:
     """Benchmark maskc against FlexAttention, SDPA with a boolean mask and dense causal attention.

@@ -137,13 +137,14 @@ def branching_tree(n: int, p_continue: float = 0.9, back: int = 64, seed: int = 
     return parents
 
 
-def build_mask(name: str, n: int, seed: int = 0) -> BenchMask:
-    """The benchmark mask ``name`` at ``N = n``. Every parameter that shapes it is in ``params``."""
+def build_mask(name: str, n: int, seed: int = 0, window: int | None = None, prefix: int | None = None) -> BenchMask:
+    """The benchmark mask ``name`` at ``N = n``. Every parameter that shapes it is in ``params``;
+    ``window`` (sliding_window, default 1024) and ``prefix`` (prefix_lm, default N/4) can be set."""
     key = name.replace("-", "_")
     if key == "causal":
         return BenchMask(key, n, library.causal(n), {"n": n}, "decoder self-attention, j <= i", "causal")
     if key == "sliding_window":
-        window = 1024
+        window = 1024 if window is None else window
         return BenchMask(
             key, n, library.sliding_window(n, window, causal=True), {"n": n, "window": window, "causal": True},
             f"causal sliding window of {window} keys (i - {window} < j <= i)", "sliding_window",
@@ -158,9 +159,10 @@ def build_mask(name: str, n: int, seed: int = 0) -> BenchMask:
                          f"{len(lengths)} packed causal documents, lengths uniform in 100..700 (seed {seed}), last trimmed to sum to N",
                          "documents", {"doc": doc})
     if key == "prefix_lm":
-        prefix = n // 4
+        what = f"N/4 = {n // 4}" if prefix is None else str(prefix)
+        prefix = n // 4 if prefix is None else min(prefix, n)
         return BenchMask(key, n, library.prefix_lm(n, prefix), {"n": n, "prefix": prefix},
-                         f"bidirectional prefix of N/4 = {prefix} tokens, causal after", "prefix_lm", {"prefix": np.array(prefix)})
+                         f"bidirectional prefix of {what} tokens, causal after", "prefix_lm", {"prefix": np.array(prefix)})
     if key == "longformer":
         window, globals_ = 512, min(16, n)
         is_global = np.zeros(n, dtype=bool)
@@ -310,6 +312,8 @@ class BenchConfig:
     flex_block: int = 128
     flex_tree: str = "dense"  # dense: trees and medusa through a dense lookup; interval: preorder-interval mask_mod
     seed: int = 0
+    window: int | None = None  # sliding_window's window (None: 1024)
+    prefix: int | None = None  # prefix_lm's prefix (None: N/4)
     profile: str | None = None  # the cost model's profile (name or path); None: MASKC_PROFILE or the shipped one
     candidates: bool = False  # also time every other candidate the cost model compared
 
@@ -826,7 +830,7 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
     with ``cfg.candidates``, every other candidate of the cost model), flex, sdpa-mask."""
     import torch
 
-    case = build_mask(name, n, cfg.seed)
+    case = build_mask(name, n, cfg.seed, cfg.window, cfg.prefix)
     info.update({"source": case.source.name, "params": case.params, "description": case.description})
     if case.source.shape[:2] != (1, 1):
         raise MaskError(f"{name}: the benchmark takes single [N, N] masks, got shape {list(case.source.shape)}")
