@@ -11,7 +11,7 @@ full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kern
 masks (causal, windows, documents, prefix-LM, Longformer, at lengths other than the
 benchmark's) add the loads of real masks, whose key tiles many query rows share. Every measurement
 is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
-times the gather of a reordered plan (four ``index_select`` over the sequence, rows of the head
+times the gather of a reordered plan (four gathers over the sequence, rows of the head
 dim) and SDPA on all-true and causal masks (through dense plans), and fits each as
 ``launch + unit · units``.
 
@@ -288,7 +288,9 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
 
 
 def _gather_samples(dev: _Device, d: int, dtype: str) -> tuple[list[float], list[float]]:
-    """Four ``index_select`` along the sequence (q, k, v and the output), as a reordered call makes."""
+    """Four gathers along the sequence (q, k, v and the output), as a reordered call makes them."""
+    from maskc.runtime.loaded import gather_sequence
+
     torch = dev.torch
     heads = 2 if dev.device.type == "cpu" else 16
     sizes = (256, 1024) if dev.device.type == "cpu" else ((4096, 16384) if dev.cfg.quick else (4096, 16384, 65536))
@@ -298,7 +300,7 @@ def _gather_samples(dev: _Device, d: int, dtype: str) -> tuple[list[float], list
         perm = torch.randperm(n, device=dev.device).to(torch.int32)
 
         def gather():
-            return [t.index_select(2, perm) for t in (q, k, v, o)]
+            return [gather_sequence(t, perm) for t in (q, k, v, o)]
 
         times.append(dev.time(gather))
         units.append(n * 4 * heads)  # token rows moved: B * (2 Hq + 2 Hkv) * N

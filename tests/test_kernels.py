@@ -383,3 +383,17 @@ def test_config_table_lookup(monkeypatch):
     assert config.lookup(torch.device("cpu"), 48, torch.float16, 64, 64) == cfg  # 48 pads to 64
     with pytest.raises(ValueError):
         config.lookup(torch.device("cpu"), 64, torch.float16, 256, 64)
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 77, 32), torch.float32), ((1, 2, 64, 96), torch.bfloat16), ((1, 1, 5, 128), torch.float16)])
+def test_sequence_gather_is_index_select(shape, dtype):
+    """The reordered plans' gather kernel copies exactly the rows index_select picks, for ragged
+    lengths, head dims that are not powers of two and inputs that are views."""
+    from maskc.runtime.kernels.gather import gather_rows
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape[0], shape[2], shape[1], shape[3], generator=gen).to(dtype).transpose(1, 2)  # heads interleaved
+    index = torch.randperm(shape[2], generator=gen).to(torch.int32)
+    assert torch.equal(gather_rows(x, index), x.index_select(2, index))
+    some = index[: max(1, shape[2] // 3)]
+    assert torch.equal(gather_rows(x, some), x.index_select(2, some))
