@@ -3,7 +3,8 @@
 Entries are plan files named by a key over the mask's canonical hash (of its interval vectors when
 it fits that form, so a spec and a dense file of the same mask share an entry; of its bits
 otherwise), the compile options, the plan format version and — when the cost model decides
-(``block="auto"``) — the SHA-256 of the profile it decides from, so a new profile compiles afresh.
+(``block="auto"``) — the SHA-256 of the profile it decides from, so a new profile compiles afresh;
+and the compiler's revision, so a compiler that builds plans differently does too.
 Writes go through a temporary file and a rename, so processes that compile the same mask at once
 all leave one valid file; an entry that fails to load is dropped and rebuilt.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from maskc import cost
-from maskc.compiler import AUTO, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
+from maskc.compiler import AUTO, COMPILER_REVISION, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
 from maskc.runtime.format import VERSION, Plan, PlanError, load
 from maskc.sources import open_mask
 
@@ -36,10 +37,10 @@ def cache_key(
 ) -> str:
     """The entry name for a mask hash (of its ``hash_of``) and its compile options (``block``,
     ``variant`` and any others, e.g. reorder, schedule, profile hash, workload), under this plan
-    format version."""
+    format version and compiler revision."""
     blob = json.dumps(
         {"mask": mask_hash, "hash_of": hash_of, "block": block if isinstance(block, str) else list(block), "variant": variant,
-         "format": VERSION, **(options or {})},
+         "format": VERSION, "compiler": COMPILER_REVISION, **(options or {})},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -142,6 +142,10 @@ class _BitmapPlan:
         )
 
 
+COMPILER_REVISION = 2
+"""Bumped whenever the compiler's output for the same mask and options changes (2: launch orders
+only for unbalanced or shared lists), so the plan cache never serves a plan an older compiler made."""
+
 VARIANTS = ("auto", "intervals", "block_sparse", "dense", "dense_causal")
 # auto's rule with an explicit block or without a profile (see auto_variant)
 AUTO_BITMAP_BYTES = 1 << 20

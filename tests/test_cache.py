@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 
 import maskc
+import maskc.cache
 from maskc.cache import PlanCache, cache_key
 
 
@@ -32,6 +33,15 @@ def test_key_depends_on_mask_and_options(tmp_path, rng):
     cache.compile(mask, block=(64, 64))
     assert len(cache.entries()) == 3
     assert cache_key("0" * 64, (64, 64)) != cache_key("0" * 64, (64, 128))
+
+
+def test_a_new_compiler_revision_compiles_afresh(tmp_path, rng, monkeypatch):
+    mask = rng.random((100, 100)) < 0.5
+    cache = PlanCache(tmp_path)
+    assert cache.compile(mask)[1] is False and cache.compile(mask)[1] is True
+    monkeypatch.setattr(maskc.cache, "COMPILER_REVISION", maskc.cache.COMPILER_REVISION + 1)
+    assert cache.compile(mask)[1] is False
+    assert len(cache.entries()) == 2
 
 
 def test_corrupted_entry_is_rebuilt(tmp_path, rng):
