@@ -290,7 +290,8 @@ def test_launch_grid_follows_the_measured_rule(name, unbalanced, shared):
     assert (dplan.rows_unbalanced, dplan.rows_shared) == (dplan.cols_unbalanced, dplan.cols_shared) == (unbalanced, shared)
     for n in (8192, 32768):  # 64 MiB of keys and values with 16 heads of 128: fits; 256 MiB: does not
         k = torch.empty((1, 16, n, 128), dtype=torch.bfloat16, device="meta")
-        assert common.heads_fast(unbalanced, shared, k) == (unbalanced or (shared and n == 8192)), n
+        assert common.heads_fast(unbalanced, shared, k, n // 64) == (unbalanced or (shared and n == 8192)), n
+    assert not common.heads_fast(True, True, k, common.MAX_GRID_Y + 1)  # tiles past the second grid axis
 
 
 def test_launch_order_columns():

@@ -6,7 +6,7 @@
 
 For each (dtype, head dim, tiles, even/ragged, bitmap/interval plan) it compiles the forward, dQ
 and dK/dV kernels to a cubin with the configuration ``config.lookup`` would pick on that GPU (the
-launch-order variant, ``ORDERED=True``), and prints shared memory,
+launch-order variant with every head first, ``ORDERED=True, HEADS_FAST=True``), and prints shared memory,
 registers and spill bytes (from ``cuobjdump -res-usage``). A compile error, shared memory over the
 GPU's limit, or spills are flagged. A development tool for tuning ``config.TABLE``: it uses
 Triton's ``ASTSource``/``GPUTarget`` compile entry points and the ptxas/cuobjdump Triton ships.
@@ -79,7 +79,7 @@ def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, ov
     cfg = config._clamped(replace(cfg, **overrides), bm, bn)
     precision = cfg.fp32_precision if dtype == "fp32" else "tf32"
     base = dict(HEAD_DIM=head_dim, D_PAD=d_bucket, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even, EVEN_N=even, DOT_PRECISION=precision,
-                INTERVALS=intervals, ORDERED=True)
+                INTERVALS=intervals, ORDERED=True, HEADS_FAST=True)
     rows = []
     for name, fn, extra, warps, stages in (
         ("fwd", fwd._fwd_kernel, dict(SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows), cfg.fwd_warps, cfg.fwd_stages),

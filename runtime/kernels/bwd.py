@@ -358,8 +358,10 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         INTERVALS=g["INTERVALS"], DOT_PRECISION=dot_precision(q.dtype, cfg),
     )
     qk_scale = float(scale) * LOG2E_F
-    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k)
-    cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k)
+    dq_programs = g["tiles_m"] * (plan.block_m // cfg.dq_rows)
+    dkdv_programs = g["tiles_n"] * (plan.block_n // cfg.dkdv_keys)
+    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, dq_programs)
+    cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k, dkdv_programs)
 
     delta = _common.empty((B, Hq, Nq), torch.float32, q.device)
     _delta_kernel[(triton.cdiv(Nq, DELTA_BLOCK), B * Hq)](
@@ -371,7 +373,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
 
     dk = _common.empty((B, Hkv, Nk, D), k.dtype, k.device)
     dv = _common.empty((B, Hkv, Nk, D), v.dtype, v.device)
-    _dkdv_kernel[launch_grid(g["tiles_n"] * (plan.block_n // cfg.dkdv_keys), B * Hkv, cols_fast)](
+    _dkdv_kernel[launch_grid(dkdv_programs, B * Hkv, cols_fast)](
         q, k, v, do, lse, delta, dk, dv,
         plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order,
         q.stride(0), q.stride(1), q.stride(2),
@@ -387,7 +389,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     )
 
     dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
-    _dq_kernel[launch_grid(g["tiles_m"] * (plan.block_m // cfg.dq_rows), B * Hq, rows_fast)](
+    _dq_kernel[launch_grid(dq_programs, B * Hq, rows_fast)](
         q, k, v, do, lse, delta, dq,
         plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order,
         q.stride(0), q.stride(1), q.stride(2),

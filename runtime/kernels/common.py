@@ -34,7 +34,7 @@ LOG2E_F = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)); host-side f
 LOG2E = tl.constexpr(LOG2E_F)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): ln(x) = log2(x) * ln(2)
 MAX_HEAD_DIM = 256
-MAX_GRID_Y = 65535  # the kernels put batch * heads on the grid's second axis
+MAX_GRID_Y = 65535  # the grid's second axis: batch * heads, or the tile programs (launch_grid)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -56,10 +56,11 @@ L2_KV_FACTOR = 2.0
 _H100_L2_BYTES = 50 << 20  # what the interpreter (CPU tensors) decides with
 
 
-def heads_fast(unbalanced: bool, shared: bool, k: torch.Tensor) -> bool:
-    """Whether a launch over lists with these traits (``DevicePlan.rows_unbalanced``, ...) should
-    start the first (heaviest) lists of every head before the later ones of any, rather than run
-    one head's lists after another.
+def heads_fast(unbalanced: bool, shared: bool, k: torch.Tensor, tiles: int) -> bool:
+    """Whether a launch of ``tiles`` tile programs per head over lists with these traits
+    (``DevicePlan.rows_unbalanced``, ...) should start the first (heaviest) lists of every head
+    before the later ones of any, rather than run one head's lists after another (also the only
+    grid when ``tiles`` exceeds the grid's second axis).
 
     Measured on an H100 (``benchmarks/NOTES.md``): every head first shortens the critical path of
     unbalanced lists (Longformer, BigBird: 1.5× at N = 8192 and 32768), and helps lists that share
@@ -67,6 +68,8 @@ def heads_fast(unbalanced: bool, shared: bool, k: torch.Tensor) -> bool:
     heads fit in about twice the L2 cache; past that (N = 32768) it cost them up to 8%, and it costs
     masks of small blocks (documents: up to 30%) the L2 reuse of one head's neighbouring rows.
     """
+    if tiles > MAX_GRID_Y:
+        return False
     if unbalanced:
         return True
     return shared and 2 * k.numel() * k.element_size() <= L2_KV_FACTOR * _l2_bytes(k.device)

@@ -177,8 +177,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
     row_order = plan_tensor(plan, "row_order")
     o = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
     lse = _common.empty((B, Hq, Nq), torch.float32, q.device)
-    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k)
-    grid = launch_grid(g["tiles_m"] * (plan.block_m // cfg.fwd_rows), B * Hq, rows_fast)
+    programs = g["tiles_m"] * (plan.block_m // cfg.fwd_rows)
+    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, programs)
+    grid = launch_grid(programs, B * Hq, rows_fast)
     _fwd_kernel[grid](
         q, k, v, o, lse,
         plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, plan_tensor(plan, "intervals"), row_order,
