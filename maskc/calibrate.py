@@ -386,20 +386,30 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
     return profile
 
 
-def _fit_kernel_entry(entry: dict[str, Any]) -> dict[str, Any]:
+def _fit_kernel_entry(entry: dict[str, Any], where: str = "kernel entry") -> dict[str, Any]:
     """A kernel entry's constants and fit statistics, fitted to its ``samples``."""
-    fitted, stats = cost.fit_kernel([cost.KernelSample.from_dict(x) for x in entry["samples"]])
+    fitted, stats = cost.fit_kernel([cost.KernelSample.from_dict(x) for x in _samples(entry, where)])
     entry.update(fitted.as_dict())
     entry["fit"] = stats.as_dict()
     return entry
 
 
-def _fit_linear_entry(entry: dict[str, Any], unit_key: str) -> dict[str, Any]:
+def _fit_linear_entry(entry: dict[str, Any], unit_key: str, where: str = "entry") -> dict[str, Any]:
     """A gather or SDPA entry's ``launch + unit · units`` fitted to its ``[units, ms]`` samples."""
-    units, times = zip(*entry["samples"])
+    samples = _samples(entry, where)
+    if not all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x) for x in samples):
+        raise cost.ProfileError(f"{where}: every measurement must be [units, ms]")
+    units, times = zip(*samples)
     fitted, stats = cost.fit_linear(list(units), list(times))
     entry.update({"launch_ms": fitted.launch_ms, unit_key: fitted.unit_ms, "fit": stats.as_dict()})
     return entry
+
+
+def _samples(entry: dict[str, Any], where: str) -> list:
+    samples = entry.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise cost.ProfileError(f"{where} records no measurements to fit")
+    return samples
 
 
 def _describe_fit(entry: dict[str, Any]) -> str:
@@ -415,9 +425,9 @@ def refit(profile: dict[str, Any]) -> dict[str, Any]:
     model's; the measurements are the GPU's, so a changed model needs no new GPU run)."""
     cost.parse_profile(profile)
     out = dict(profile)
-    out["kernels"] = [_fit_kernel_entry(dict(e)) for e in profile["kernels"]]
-    out["gather"] = [_fit_linear_entry(dict(e), "row_ms") for e in profile["gather"]]
-    out["sdpa"] = [_fit_linear_entry(dict(e), "pair_ms") for e in profile["sdpa"]]
+    out["kernels"] = [_fit_kernel_entry(dict(e), f"kernels[{i}]") for i, e in enumerate(profile["kernels"])]
+    out["gather"] = [_fit_linear_entry(dict(e), "row_ms", f"gather[{i}]") for i, e in enumerate(profile["gather"])]
+    out["sdpa"] = [_fit_linear_entry(dict(e), "pair_ms", f"sdpa[{i}]") for i, e in enumerate(profile["sdpa"])]
     out["refits"] = profile.get("refits", []) + [{"date": _now(), "maskc": maskc.__version__}]
     cost.parse_profile(out)
     return out

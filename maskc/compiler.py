@@ -509,8 +509,8 @@ def bitmap_plan(plan: Plan, chunk: int = 512) -> Plan:
             (bounds[:, None, :, UTS] <= rows) & (rows < bounds[:, None, :, UTE]))
         visible = ~masked & (rows < nq)
         packed[lo:hi] = np.packbits(visible, axis=-1, bitorder="little").view("<u4")
-    if partial.size == 0:
-        return _with_bitmaps(plan, a["row_tile"], a["col_tile"], np.zeros((0, bm, bn // 32), dtype="<u4"))
+    if partial.size == 0:  # no partial tile: nothing to number
+        return _with_bitmaps(plan, a["row_tile"], a["col_tile"], packed)
     flat = packed.reshape(partial.size, -1)
     _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)

@@ -26,14 +26,14 @@ is the critical path: the heaviest list runs on one SM, ``concurrency`` times sl
 throughput rate (``concurrency`` ≈ programs resident at once). The forward is one such launch over
 the row lists; the backward (timed alone) two, over the row lists (dQ) and the column lists
 (dK/dV), each with its own program and tile constants (the two kernels do different work per
-tile) and one launch cost and concurrency for the pass. A reordered plan adds, per pass, ``launch + row·rows`` for
-the four gathers (q, k, v and the output; dO and dq, dk, dv in the backward), ``rows`` being the
-token rows moved, ``B·(2·Hq + 2·Hkv)·N``. Dense SDPA takes ``launch + pair·pairs``, per pass, causal
-and full apart. Every constant is per (tile size, head-dim bucket, dtype) and per pass, fitted by
-``maskc calibrate`` on the GPU and stored in a profile (JSON) with the measurements they were
-fitted to, so ``maskc calibrate --refit`` can fit a changed model again without a GPU; nothing
-here is a guess. Grouped-
-query attention is modelled as its query heads.
+tile) and one launch cost and concurrency for the pass. A reordered plan adds, per pass,
+``launch + row·rows`` for the four gathers (q, k, v and the output; dO and dq, dk, dv in the
+backward), ``rows`` being the token rows moved, ``B·(2·Hq + 2·Hkv)·N``. Dense SDPA takes
+``launch + pair·pairs``, per pass, causal and full apart. Every constant is per (tile size,
+head-dim bucket, dtype) and per pass, fitted by ``maskc calibrate`` on the GPU and stored in a
+profile (JSON) with the measurements it was fitted to, so ``maskc calibrate --refit`` can fit a
+changed model again without a GPU; nothing here is a guess. Grouped-query attention is modelled
+as its query heads.
 
 **Profiles.** ``load_profile(name_or_path)`` reads ``maskc/profiles/<GPU name>.json`` or a path. The
 compiler's profile is ``MASKC_PROFILE`` (a name or path; ``none`` for no model), else the shipped
@@ -43,12 +43,12 @@ raises :class:`ProfileError`, and the compiler falls back to its fixed rules and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_profile
 
 import maskc
 from maskc import cost, library
@@ -90,10 +91,12 @@ def test_profiles_measured_in_parts_merge(tmp_path):
         (["--device", "cpu", "--quick", "-o", "x.json", "--dtypes", "int8"], "choose from bf16, fp16, fp32"),
         (["--refit", "missing.json"], "--refit: cannot read missing.json"),
         (["--refit", "bad.json"], "--refit: bad.json is not a profile with its measurements"),
+        (["--refit", "nosamples.json"], "kernels[0] records no measurements to fit"),
     ],
 )
 def test_calibrate_usage_errors(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.json").write_text('{"schema": "maskc-profile/2"}')
+    (tmp_path / "nosamples.json").write_text(json.dumps(make_profile()))
     result = CliRunner().invoke(cli, ["calibrate", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
