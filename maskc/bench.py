@@ -77,7 +77,7 @@ DEFAULT_MASKS = (
     "medusa",
     "token_tree",
 )
-"""The benchmark set (``--masks`` default), in the order of the issue."""
+"""The benchmark set (``--masks`` default), in the order BENCHMARKS.md lists it."""
 
 EXTRA_MASKS = ("hash_buckets", "permuted_band")
 """Masks that can be asked for by name but are not in the default set."""
