@@ -97,10 +97,8 @@ class DevicePlan:
         tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _INDEX_ARRAYS}
         bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
         perm = plan.arrays["perm"]
-        a = plan.arrays
-        tiles_m, tiles_n = -(-plan.q_len // plan.block_m), -(-plan.kv_len // plan.block_n)
-        rows = list_traits(a["row_ptr"], tiles_n) if not dense else (False, False)
-        cols = list_traits(a["col_ptr"], tiles_m) if not dense else (False, False)
+        rows = list_traits(plan.arrays["row_ptr"], plan.tiles_n) if not dense else (False, False)
+        cols = list_traits(plan.arrays["col_ptr"], plan.tiles_m) if not dense else (False, False)
         return cls(
             q_len=plan.q_len,
             kv_len=plan.kv_len,
