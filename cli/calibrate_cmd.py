@@ -45,16 +45,18 @@ def _csv(kind, allowed=None):
               help="Tile kernels to measure.  [default: block_sparse, and intervals when the backend runs it]")
 @click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="maskc backend: auto = Triton on CUDA, the reference backend on a CPU.")
+@click.option("--only", "parts", callback=_csv(str, ("kernels", "reorder", "sdpa")),
+              help="Measure only these parts: kernels, reorder, sdpa (with --merge, keep the rest of the output profile).  [default: all]")
 @click.option("--merge", is_flag=True, help="Keep the entries of an existing output profile that this run does not measure again.")
 @click.option("--refit", type=click.Path(dir_okay=False, path_type=Path),
               help="Measure nothing: fit the constants of this profile again to the measurements it records (no GPU needed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, merge: bool,
+def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, parts, merge: bool,
               refit: Path | None, quiet: bool) -> None:
     """Measure this device's cost-model constants and write its profile (JSON).
 
-    Times synthetic plans (full and partial tiles per list, balanced and unbalanced), the gather of
-    reordered plans and dense SDPA, forward and backward, and fits the constants of maskc's cost
+    Times synthetic plans (full and partial tiles per list, balanced and unbalanced), reordered
+    plans against the same lists without their permutation, and dense SDPA, forward and backward, and fits the constants of maskc's cost
     model by least squares. The profile records the device, versions, date and fit residuals.
     """
     from maskc.calibrate import CalibrateConfig, merge_profiles
@@ -73,7 +75,7 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     cfg = CalibrateConfig.for_device(device, quick)
     if backend != "auto":
         cfg.backend = backend
-    for name, value in (("dtypes", dtypes), ("head_dims", head_dims), ("blocks", blocks), ("kernels", kernels)):
+    for name, value in (("dtypes", dtypes), ("head_dims", head_dims), ("blocks", blocks), ("kernels", kernels), ("parts", parts)):
         if value is not None:
             setattr(cfg, name, value)
 
@@ -114,5 +116,5 @@ def _write(output: Path, profile: dict) -> None:
     atomic_write(output, (json.dumps(profile, indent=1) + "\n").encode())
     worst = max((e["fit"]["rms_rel_error"] for e in profile["kernels"]), default=float("nan"))
     click.echo(f"wrote {output}: {profile['device']['name']} ({profile['device']['kind']}), {len(profile['kernels'])} kernel fits "
-               f"(worst rms error {worst:.1%}), {len(profile['gather'])} gather, {len(profile['sdpa'])} SDPA fits"
+               f"(worst rms error {worst:.1%}), {len(profile['reorder'])} reordering, {len(profile['sdpa'])} SDPA fits"
                + (f"; {len(profile['notes'])} notes" if profile["notes"] else ""))

@@ -11,9 +11,10 @@ full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kern
 masks (causal, windows, documents, prefix-LM, Longformer, at lengths other than the
 benchmark's) add the loads of real masks, whose key tiles many query rows share. Every measurement
 is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
-times the gather of a reordered plan (four gathers over the sequence, rows of the head
-dim) and SDPA on all-true and causal masks (through dense plans), and fits each as
-``launch + unit · units``.
+times reordered plans of scattered masks (hash buckets, a permuted band, a token tree) against
+the same lists run without their permutation, whose ratio is the reordering factor of each pass,
+and SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``.
+``parts`` measures only some of the three (``--only``; ``--merge`` keeps the rest of a profile).
 
 The synthetic masks are built from column intervals — each key column visible on one run of query
 rows — so an interval plan needs no row of them, and the block-sparse plan is converted from it
@@ -27,6 +28,7 @@ and the profile records ``"kind": "cpu"`` so it is never taken for a GPU's.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import platform
 import sys
@@ -44,6 +46,8 @@ from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+PARTS = ("kernels", "reorder", "sdpa")
+REORDER_MASKS = ("hash_buckets", "permuted_band", "token_tree")  # maskc.bench's scattered masks
 
 
 @dataclass
@@ -57,6 +61,7 @@ class CalibrateConfig:
     blocks: tuple[int, ...] = (64, 128)
     kernels: tuple[str, ...] | None = None  # None: block_sparse, and intervals where the backend runs it
     backend: str = "auto"
+    parts: tuple[str, ...] = PARTS  # what to measure: tile kernels, reordering factors, dense SDPA
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
 
@@ -287,26 +292,38 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
     return samples
 
 
-def _gather_samples(dev: _Device, d: int, dtype: str) -> tuple[list[float], list[float]]:
-    """Four gathers along the sequence (q, k, v and the output), as a reordered call makes them."""
-    from maskc.runtime.loaded import gather_sequence
+@functools.lru_cache(maxsize=None)
+def _reordered_plan(name: str, n: int, block: int) -> Plan:
+    """One RCM plan per mask, length and tile size, whatever dtype and head dim time it."""
+    from maskc.bench import build_mask
 
-    torch = dev.torch
-    heads = 2 if dev.device.type == "cpu" else 16
-    sizes = (256, 1024) if dev.device.type == "cpu" else ((4096, 16384) if dev.cfg.quick else (4096, 16384, 65536))
-    units, times = [], []
-    for n in sizes:
-        q, k, v, o = dev.tensors(heads, n, d, dtype, 4, False)
-        perm = torch.randperm(n, device=dev.device).to(torch.int32)
+    return compile_mask(build_mask(name, n).source, block=block, variant="block_sparse", reorder="rcm")
 
-        def gather():
-            return [gather_sequence(t, perm) for t in (q, k, v, o)]
 
-        times.append(dev.time(gather))
-        units.append(n * 4 * heads)  # token rows moved: B * (2 Hq + 2 Hkv) * N
-        del q, k, v, o
-        dev.free()
-    return units, times
+def _reorder_samples(dev: _Device, block: int, d: int, dtype: str, say) -> list[dict[str, Any]]:
+    """Each scattered mask's reordered plan timed as it runs (rows read and written through its
+    permutation) and as the same lists on already permuted inputs: ``{"mask", "n", "heads",
+    "fwd": [plain_ms, reordered_ms], "bwd": [...]}``."""
+    import dataclasses
+
+    from maskc.runtime import LoadedPlan
+
+    cpu = dev.device.type == "cpu"
+    heads = 1 if cpu else 16
+    lengths = (256,) if cpu else (4096, 12288)  # other lengths than the benchmark's
+    out = []
+    for name in REORDER_MASKS:
+        for n in lengths:
+            plan = _reordered_plan(name, n, block)
+            if not plan.reordered:
+                dev.notes.append(f"reorder {name} n={n} {block}x{block}: RCM did not pay off, no sample")
+                continue
+            plain = dataclasses.replace(plan, arrays={**plan.arrays, "perm": plan.arrays["perm"][:0]})
+            times = [dev.passes(LoadedPlan(p, dev.device), heads, n, n, d, dtype) for p in (plain, plan)]
+            sample = {"mask": name, "n": n, "heads": heads, "fwd": [times[0][0], times[1][0]], "bwd": [times[0][1], times[1][1]]}
+            say(f"    {name} n={n}: fwd {times[0][0]:.4f} -> {times[1][0]:.4f} ms, bwd {times[0][1]:.4f} -> {times[1][1]:.4f} ms")
+            out.append(sample)
+    return out
 
 
 def _sdpa_samples(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
@@ -331,7 +348,7 @@ def _sdpa_samples(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tup
 
 
 def calibrate(cfg: CalibrateConfig, progress: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
-    """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/2``
+    """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/3``
     schema, checked by :func:`maskc.cost.parse_profile`)."""
     dev = _Device(cfg)
     if dev.device.type == "cpu" and not cfg.quick:
@@ -353,16 +370,16 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
         "device": dev.describe(),
         "environment": _environment(torch, command, dev._backend_name()),
         "settings": {"quick": cfg.quick, "dtypes": list(cfg.dtypes), "head_dims": list(cfg.head_dims), "blocks": list(cfg.blocks),
-                     "kernels": list(kernels), "warmup_ms": cfg.warmup_ms, "rep_ms": cfg.rep_ms,
+                     "kernels": list(kernels), "parts": list(cfg.parts), "warmup_ms": cfg.warmup_ms, "rep_ms": cfg.rep_ms,
                      "experiments": [e.__dict__ for e in experiments(cfg.quick, dev.device.type == "cpu")]},
         "kernels": [],
-        "gather": [],
+        "reorder": [],
         "sdpa": [],
     }
     for dtype in cfg.dtypes:
         for d in cfg.head_dims:
             bucket = cost.head_dim_bucket(d)
-            for kernel in kernels:
+            for kernel in kernels if "kernels" in cfg.parts else ():
                 for block in cfg.blocks:
                     say(f"{kernel} {block}x{block}, head dim {d}, {dtype}")
                     samples = _kernel_samples(dev, kernel, block, d, dtype, say)
@@ -374,9 +391,15 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
                                  "samples": [x.as_dict() for x in found]}
                         profile["kernels"].append(_fit_kernel_entry(entry))
                         say(_describe_fit(entry))
-            say(f"gather, head dim {d}, {dtype}")
-            units, times = _gather_samples(dev, d, dtype)
-            profile["gather"].append(_fit_linear_entry({"head_dim": bucket, "dtype": dtype, "samples": [list(p) for p in zip(units, times)]}, "row_ms"))
+            for block in cfg.blocks if "reorder" in cfg.parts else ():
+                say(f"reordered plans {block}x{block}, head dim {d}, {dtype}")
+                found = _reorder_samples(dev, block, d, dtype, say)
+                if found:
+                    entry = _fit_reorder_entry({"block": [block, block], "head_dim": bucket, "dtype": dtype, "samples": found})
+                    profile["reorder"].append(entry)
+                    say(f"  factors: fwd {entry['fwd_factor']:.3f}, bwd {entry['bwd_factor']:.3f}")
+            if "sdpa" not in cfg.parts:
+                continue
             say(f"sdpa, head dim {d}, {dtype}")
             for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
                 profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
@@ -394,8 +417,22 @@ def _fit_kernel_entry(entry: dict[str, Any], where: str = "kernel entry") -> dic
     return entry
 
 
+def _fit_reorder_entry(entry: dict[str, Any], where: str = "reorder entry") -> dict[str, Any]:
+    """A reorder entry's factors: per pass, the median over its samples of reordered / plain time."""
+    samples = _samples(entry, where)
+    factors = {}
+    for pass_ in cost.PASSES:
+        try:
+            ratios = [x[pass_][1] / x[pass_][0] for x in samples]
+        except (TypeError, KeyError, IndexError, ZeroDivisionError):
+            raise cost.ProfileError(f"{where}: every measurement must hold {pass_!r}: [plain_ms, reordered_ms], plain > 0") from None
+        factors[f"{pass_}_factor"] = float(np.median(ratios))
+    entry.update(factors)
+    return entry
+
+
 def _fit_linear_entry(entry: dict[str, Any], unit_key: str, where: str = "entry") -> dict[str, Any]:
-    """A gather or SDPA entry's ``launch + unit · units`` fitted to its ``[units, ms]`` samples."""
+    """An SDPA entry's ``launch + unit · units`` fitted to its ``[units, ms]`` samples."""
     samples = _samples(entry, where)
     if not all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x) for x in samples):
         raise cost.ProfileError(f"{where}: every measurement must be [units, ms]")
@@ -426,7 +463,7 @@ def refit(profile: dict[str, Any]) -> dict[str, Any]:
     cost.parse_profile(profile)
     out = dict(profile)
     out["kernels"] = [_fit_kernel_entry(dict(e), f"kernels[{i}]") for i, e in enumerate(profile["kernels"])]
-    out["gather"] = [_fit_linear_entry(dict(e), "row_ms", f"gather[{i}]") for i, e in enumerate(profile["gather"])]
+    out["reorder"] = [_fit_reorder_entry(dict(e), f"reorder[{i}]") for i, e in enumerate(profile["reorder"])]
     out["sdpa"] = [_fit_linear_entry(dict(e), "pair_ms", f"sdpa[{i}]") for i, e in enumerate(profile["sdpa"])]
     out["refits"] = profile.get("refits", []) + [{"date": _now(), "maskc": maskc.__version__}]
     cost.parse_profile(out)
@@ -441,7 +478,7 @@ def merge_profiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         raise cost.ProfileError(f"cannot merge a profile of {old['device'].get('name')!r} into one of {new['device']['name']!r}")
     keys = {
         "kernels": lambda e: (e["kernel"], e["pass"], tuple(e["block"]), e["head_dim"], e["dtype"]),
-        "gather": lambda e: (e["head_dim"], e["dtype"]),
+        "reorder": lambda e: (tuple(e["block"]), e["head_dim"], e["dtype"]),
         "sdpa": lambda e: (e["mask"], e["pass"], e["head_dim"], e["dtype"]),
     }
     merged = dict(new)

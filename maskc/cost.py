@@ -26,10 +26,10 @@ is the critical path: the heaviest list runs on one SM, ``concurrency`` times sl
 throughput rate (``concurrency`` ≈ programs resident at once). The forward is one such launch over
 the row lists; the backward (timed alone) two, over the row lists (dQ) and the column lists
 (dK/dV), each with its own program and tile constants (the two kernels do different work per
-tile) and one launch cost and concurrency for the pass. A reordered plan adds, per pass,
-``launch + row·rows`` for the four gathers (q, k, v and the output; dO and dq, dk, dv in the
-backward), ``rows`` being the token rows moved, ``B·(2·Hq + 2·Hkv)·N``. Dense SDPA takes
-``launch + pair·pairs``, per pass, causal and full apart. Every constant is per (tile size,
+tile) and one launch cost and concurrency for the pass. A reordered plan runs the same kernels
+reading and writing every row through its permutation; that costs each pass a measured factor
+(per tile size), by which its time is multiplied. Dense SDPA takes ``launch + pair·pairs``, per
+pass, causal and full apart. Every constant is per (tile size,
 head-dim bucket, dtype) and per pass, fitted by ``maskc calibrate`` on the GPU and stored in a
 profile (JSON) with the measurements it was fitted to, so ``maskc calibrate --refit`` can fit a
 changed model again without a GPU; nothing here is a guess. Grouped-query attention is modelled
@@ -57,7 +57,7 @@ import numpy as np
 
 from maskc.runtime.format import Plan, PlanError
 
-SCHEMA = "maskc-profile/2"
+SCHEMA = "maskc-profile/3"
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "NVIDIA H100 80GB HBM3"
 ENV_PROFILE = "MASKC_PROFILE"
@@ -284,8 +284,20 @@ class KernelCosts:
 
 
 @dataclass(frozen=True)
+class ReorderCost:
+    """How much longer each pass of the tile kernels takes on a reordered plan, whose rows they
+    read and write through its permutation: ``time × fwd_factor`` (``bwd_factor``)."""
+
+    fwd_factor: float
+    bwd_factor: float
+
+    def factor(self, pass_: str) -> float:
+        return self.fwd_factor if pass_ == "fwd" else self.bwd_factor
+
+
+@dataclass(frozen=True)
 class LinearCost:
-    """``launch_ms + unit_ms · units``: the gather (units: token rows) or dense SDPA (units: pairs)."""
+    """``launch_ms + unit_ms · units``: dense SDPA (units: visible pairs)."""
 
     launch_ms: float
     unit_ms: float
@@ -303,7 +315,7 @@ class Profile:
     sha256: str
     source: str
     kernels: dict[tuple, KernelCosts] = field(default_factory=dict)  # (kernel, pass, bm, bn, bucket, dtype)
-    gather: dict[tuple, LinearCost] = field(default_factory=dict)  # (bucket, dtype)
+    reorder: dict[tuple, ReorderCost] = field(default_factory=dict)  # (bm, bn, bucket, dtype)
     sdpa: dict[tuple, LinearCost] = field(default_factory=dict)  # (mask "causal"/"full", pass, bucket, dtype)
 
     def kernel(self, kernel: str, pass_: str, block: tuple[int, int], workload: Workload) -> KernelCosts:
@@ -312,11 +324,11 @@ class Profile:
             raise ProfileError(f"profile {self.name!r} has no {kernel} {pass_} constants for {block[0]}x{block[1]} tiles, head dim {key[4]}, {workload.dtype}")
         return self.kernels[key]
 
-    def gather_cost(self, workload: Workload) -> LinearCost:
-        key = (head_dim_bucket(workload.head_dim), workload.dtype)
-        if key not in self.gather:
-            raise ProfileError(f"profile {self.name!r} has no gather constants for head dim {key[0]}, {workload.dtype}")
-        return self.gather[key]
+    def reorder_cost(self, block: tuple[int, int], workload: Workload) -> ReorderCost:
+        key = (block[0], block[1], head_dim_bucket(workload.head_dim), workload.dtype)
+        if key not in self.reorder:
+            raise ProfileError(f"profile {self.name!r} has no reordering factors for {block[0]}x{block[1]} tiles, head dim {key[2]}, {workload.dtype}")
+        return self.reorder[key]
 
     def sdpa_cost(self, mask: str, pass_: str, workload: Workload) -> LinearCost:
         key = (mask, pass_, head_dim_bucket(workload.head_dim), workload.dtype)
@@ -364,14 +376,14 @@ def parse_profile(data: Any, source: str = "<memory>", sha256: str | None = None
     for i, e in enumerate(_get(data, "kernels", list, where)):
         w = f"{where} kernels[{i}]"
         kernel, pass_ = _choice(e, "kernel", KERNELS, w), _choice(e, "pass", PASSES, w)
-        block = _get(e, "block", list, w)
-        if len(block) != 2 or not all(_is_count(v) for v in block):
-            raise ProfileError(f"{w}: block must be [block_m, block_n]")
+        block = _block(e, w)
         costs = parse_kernel_entry(e, w)
         profile.kernels[(kernel, pass_, block[0], block[1], _bucket(e, w), _choice(e, "dtype", DTYPES, w))] = costs
-    for i, e in enumerate(_get(data, "gather", list, where)):
-        w = f"{where} gather[{i}]"
-        profile.gather[(_bucket(e, w), _choice(e, "dtype", DTYPES, w))] = LinearCost(_nonneg(e, "launch_ms", w), _nonneg(e, "row_ms", w))
+    for i, e in enumerate(_get(data, "reorder", list, where)):
+        w = f"{where} reorder[{i}]"
+        block = _block(e, w)
+        factors = ReorderCost(*(_positive(e, key, w) for key in ("fwd_factor", "bwd_factor")))
+        profile.reorder[(block[0], block[1], _bucket(e, w), _choice(e, "dtype", DTYPES, w))] = factors
     for i, e in enumerate(_get(data, "sdpa", list, where)):
         w = f"{where} sdpa[{i}]"
         key = (_choice(e, "mask", ("causal", "full"), w), _choice(e, "pass", PASSES, w), _bucket(e, w), _choice(e, "dtype", DTYPES, w))
@@ -392,6 +404,20 @@ def parse_kernel_entry(e: dict, where: str) -> KernelCosts:
     if costs.concurrency < 1:
         raise ProfileError(f"{where}: concurrency must be at least 1")
     return costs
+
+
+def _block(e: dict, where: str) -> list[int]:
+    block = _get(e, "block", list, where)
+    if len(block) != 2 or not all(_is_count(v) for v in block):
+        raise ProfileError(f"{where}: block must be [block_m, block_n]")
+    return block
+
+
+def _positive(d: dict, key: str, where: str) -> float:
+    value = _nonneg(d, key, where)
+    if value <= 0:
+        raise ProfileError(f"{where}: field {key!r} must be positive")
+    return value
 
 
 def _get(d: dict, key: str, kind: type, where: str):
@@ -456,20 +482,18 @@ class Prediction:
         return self.fwd_ms if objective == "fwd" else self.fwd_bwd_ms
 
 
-def _effective(work: Work, workload: Workload) -> tuple[int, int, int, float]:
-    """Batch, query heads and kv heads of the call (the mask's own where it does not broadcast),
-    and ``mult``: how many (batch, head) pairs read each mask slice."""
+def _mult(work: Work, workload: Workload) -> float:
+    """How many (batch, head) pairs of the call read each mask slice (the mask's own batch and
+    heads where it does not broadcast). Grouped-query attention is modelled as its query heads."""
     batch = work.batch if work.batch > 1 else workload.batch
     heads = work.heads if work.heads > 1 else workload.heads
-    kv = workload.kv_heads or workload.heads
-    kv_heads = kv if heads % kv == 0 else heads
-    return batch, heads, kv_heads, batch * heads / (work.batch * work.heads)
+    return batch * heads / (work.batch * work.heads)
 
 
 def predict(profile: Profile, candidate: Candidate, work: Work, workload: Workload) -> Prediction:
     """The predicted forward and backward time (ms) of ``candidate`` for ``workload``; ProfileError
     when the profile lacks a constant it needs."""
-    batch, heads, kv_heads, mult = _effective(work, workload)
+    mult = _mult(work, workload)
     if candidate.kernel is None:
         mask = "causal" if candidate.variant == "dense_causal" else "full"
         pairs = work.pairs * mult
@@ -479,8 +503,8 @@ def predict(profile: Profile, candidate: Candidate, work: Work, workload: Worklo
     fwd = profile.kernel(candidate.kernel, "fwd", candidate.block, workload).time([work.rows], mult)
     bwd = profile.kernel(candidate.kernel, "bwd", candidate.block, workload).time([work.rows, work.cols], mult)
     if candidate.reordered:
-        gather = profile.gather_cost(workload).time(batch * (2 * heads + 2 * kv_heads) * work.q_len)
-        fwd, bwd = fwd + gather, bwd + gather
+        factors = profile.reorder_cost(candidate.block, workload)
+        fwd, bwd = fwd * factors.fwd_factor, bwd * factors.bwd_factor
     return Prediction(fwd, bwd)
 
 

@@ -4,21 +4,22 @@ A mask that is scattered only because of the order of its tokens (a band under a
 permutation, hash buckets, a random sparse graph) touches far more tiles than the same pattern with
 the tokens renumbered. RCM finds such a renumbering: it orders the tokens breadth-first from a
 peripheral one, so that the visible pairs gather near the diagonal. The plan then describes the
-permuted mask ``M'[i, j] = M[perm[i], perm[j]]`` and the runtime gathers q, k, v in that order.
+permuted mask ``M'[i, j] = M[perm[i], perm[j]]``, and the kernels read q, k, v (and write the
+outputs) through the permutation.
 
 Decisions, for the record:
 
 - Only self-attention masks (``q_len == kv_len``) are reordered, since one permutation renumbers
   both queries and keys.
-- One permutation serves every mask slice (batch and heads): q, k and v are gathered once, whatever
-  head reads them. It is the RCM order of the union of the slices' patterns.
+- One permutation serves every mask slice (batch and heads), whatever head reads the rows. It is
+  the RCM order of the union of the slices' patterns.
 - The pattern is symmetrised (``A + Aᵀ``) for RCM: a causal pair ``j <= i`` and its mirror image
   both pull ``i`` and ``j`` together.
 
 The pattern is built from the blocks of rows the compiler reads anyway (:class:`PatternBuilder`),
 into CSR — never a dense ``N × N`` copy — and is bounded by :data:`MAX_REORDER_PAIRS` visible pairs: a 16384-token mask with a band of 256 has
 about 8.4M, a few tens of MB. Whether a permutation is kept is the cost model's decision
-(:mod:`maskc.cost`): the gather and scatter it costs must be repaid by the tiles it saves.
+(:mod:`maskc.cost`): the slower, permuted row accesses it costs must be repaid by the tiles it saves.
 """
 
 from __future__ import annotations

@@ -43,9 +43,9 @@ class DevicePlan:
       (:func:`list_traits`), computed once here, from which each launch chooses its grid.
 
     Token order: ``perm`` (int32 ``[q_len]``, or empty) is the plan's token permutation: the lists
-    describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The runtime
-    gathers q, k, v through ``perm`` before the kernels and the output through ``perm_inverse``
-    after, so the kernels only ever see the permuted problem.
+    describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The
+    kernels take q, k, v in the caller's order and read and write every row through ``perm``; the
+    reference backend gathers into plan order and back.
     """
 
     q_len: int

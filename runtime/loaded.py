@@ -6,10 +6,9 @@ launches the backend, forward and backward (through autograd). Nothing is analys
 Two kinds of plan take another route. A ``"dense"`` or ``"dense_causal"`` plan (an all-true or
 exactly causal mask) calls ``torch.nn.functional.scaled_dot_product_attention`` with no mask or
 ``is_causal=True``, cuDNN first on a GPU (the fastest dense kernel there); it does so whatever the
-backend, CPU included. A reordered plan gathers q, k and v into its token order (one gather each,
-:func:`gather_sequence`), runs the backend on the permuted problem and gathers the output back
-through the inverse permutation; the gradients come back the same way, so callers never see the
-reordering.
+backend, CPU included. A reordered plan is run by the backend itself: the kernels read and write
+the caller's tensors through the plan's permutation, so callers never see the reordering and no
+gathered copy is made.
 """
 
 from __future__ import annotations
@@ -46,31 +45,6 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def gather_sequence(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x.index_select(2, index)``: on CUDA through a Triton copy kernel (index_select ran at about
-    1.3 TB/s on an H100), elsewhere through torch."""
-    if x.is_cuda:
-        from maskc.runtime.kernels.gather import gather_rows
-
-        return gather_rows(x, index)
-    return x.index_select(2, index)
-
-
-class _Gather(torch.autograd.Function):
-    """:func:`gather_sequence` along the sequence dim, whose backward gathers the gradient back
-    through ``inverse`` (a permutation's transpose is its inverse: a gather, no scatter-add)."""
-
-    @staticmethod
-    def forward(ctx, x, index, inverse):
-        ctx.save_for_backward(inverse)
-        return gather_sequence(x, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inverse,) = ctx.saved_tensors
-        return gather_sequence(grad, inverse), None, None
-
-
 class LoadedPlan:
     """A validated plan, ready to run: its lists are moved to each device once and kept there."""
 
@@ -102,11 +76,7 @@ class LoadedPlan:
         dplan = self.on(q.device)
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
-        if not dplan.reordered:
-            return _Attention.apply(q, k, v, dplan, scale, impl)
-        perm, inverse = dplan.perm, dplan.perm_inverse
-        q, k, v = (_Gather.apply(t, perm, inverse) for t in (q, k, v))
-        return _Gather.apply(_Attention.apply(q, k, v, dplan, scale, impl), inverse, perm)
+        return _Attention.apply(q, k, v, dplan, scale, impl)
 
     __call__ = attention
 

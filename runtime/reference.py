@@ -4,7 +4,8 @@ It walks the plan's row lists exactly as the Triton kernels do, with an online s
 builds the ``N x N`` score matrix: it is the oracle the kernels are tested against and the backend
 used on machines without a GPU. A partial tile's mask comes from its bitmap, or, in an interval
 plan, is rebuilt from the key columns' row intervals. Rows with no visible key give zeros and zero
-gradients.
+gradients. A reordered plan's lists describe the tokens in its order (``perm``): the inputs are
+gathered into that order and the outputs back, and the lse stays in plan positions, as in the kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from maskc.runtime.device import DevicePlan
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output (like ``q``) and the natural-log LSE ``[B, Hq, Nq]`` (+inf on empty rows)."""
+    if plan.reordered:
+        q, k, v = (t.index_select(2, plan.perm) for t in (q, k, v))
+        o, lse = _forward(q, k, v, plan, scale)
+        return o.index_select(2, plan.perm_inverse), lse
+    return _forward(q, k, v, plan, scale)
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     acc_dtype = _acc_dtype(q)
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     o = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
@@ -50,6 +59,16 @@ def backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, plan: DevicePlan, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the attention with respect to q, k and v, shaped like them."""
+    if plan.reordered:
+        do, q, k, v, o = (t.index_select(2, plan.perm) for t in (do, q, k, v, o))
+        grads = _backward(do, q, k, v, o, lse, plan, scale)
+        return tuple(g.index_select(2, plan.perm_inverse) for g in grads)
+    return _backward(do, q, k, v, o, lse, plan, scale)
+
+
+def _backward(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, plan: DevicePlan, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc_dtype = _acc_dtype(q)
     hq, hkv = q.shape[1], k.shape[1]
     ke, ve = _expand_kv(k, hq), _expand_kv(v, hq)

@@ -47,8 +47,8 @@ def no_shipped_profile(monkeypatch):
 
 
 def make_profile(name: str = "Test GPU", head_dim: int = 128, dtype: str = "bf16", tile_ms: float = 0.001, partial_ms: float = 0.0015,
-                 pair_ms: float = 1e-9, row_ms: float = 1e-6, kernels=("block_sparse", "intervals")) -> dict:
-    """A ``maskc-profile/2`` dict with made-up constants, for tests of the cost model's plumbing only."""
+                 pair_ms: float = 1e-9, reorder_factor: float = 1.1, kernels=("block_sparse", "intervals")) -> dict:
+    """A ``maskc-profile/3`` dict with made-up constants, for tests of the cost model's plumbing only."""
     entries = []
     for kernel in kernels:
         for pass_, factor in (("fwd", 1.0), ("bwd", 2.5)):
@@ -60,10 +60,11 @@ def make_profile(name: str = "Test GPU", head_dim: int = 128, dtype: str = "bf16
                 entries.append({"kernel": kernel, "pass": pass_, "block": [block, block], "head_dim": head_dim, "dtype": dtype,
                                 "launch_ms": 0.01, "lists": [per_list] * launches, "concurrency": 132.0})
     return {
-        "schema": "maskc-profile/2",
+        "schema": "maskc-profile/3",
         "device": {"kind": "test", "name": name},
         "kernels": entries,
-        "gather": [{"head_dim": head_dim, "dtype": dtype, "launch_ms": 0.01, "row_ms": row_ms}],
+        "reorder": [{"block": [block, block], "head_dim": head_dim, "dtype": dtype, "fwd_factor": reorder_factor, "bwd_factor": reorder_factor * 1.1}
+                    for block in (64, 128)],
         "sdpa": [{"mask": mask, "pass": pass_, "head_dim": head_dim, "dtype": dtype, "launch_ms": 0.01, "pair_ms": pair_ms * (2.5 if pass_ == "bwd" else 1.0)}
                  for mask in ("full", "causal") for pass_ in ("fwd", "bwd")],
     }

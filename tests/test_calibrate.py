@@ -48,7 +48,9 @@ def test_calibrate_on_cpu_writes_a_valid_profile(tmp_path, monkeypatch):
     assert profile.device_kind == "cpu"
     assert {(k[0], k[1], k[2]) for k in profile.kernels} == {(kernel, p, b) for kernel in cost.KERNELS for p in cost.PASSES for b in (64, 128)}
     assert all(e["fit"]["samples"] >= 5 and e["fit"]["rms_rel_error"] >= 0 for e in data["kernels"])
-    assert set(profile.sdpa) == {(m, p, 32, "fp32") for m in ("causal", "full") for p in cost.PASSES} and set(profile.gather) == {(32, "fp32")}
+    assert set(profile.sdpa) == {(m, p, 32, "fp32") for m in ("causal", "full") for p in cost.PASSES} 
+    assert set(profile.reorder) == {(b, b, 32, "fp32") for b in (64, 128)}
+    assert all(len(e["samples"]) == 3 and e["fwd_factor"] > 0 and e["bwd_factor"] > 0 for e in data["reorder"])
     # the pipeline end to end: the compiler predicts from it, for the workload it measured
     monkeypatch.setenv(cost.ENV_PROFILE, str(out))
     plan = maskc.compile(library.documents([100, 150, 70]), workload=cost.Workload(heads=2, head_dim=32, dtype="fp32"))
@@ -73,7 +75,7 @@ def test_profiles_measured_in_parts_merge(tmp_path):
     assert second.exit_code == 0, second.output
     data = json.loads(out.read_text())
     assert sorted((e["block"][0], e["pass"]) for e in data["kernels"]) == [(64, "bwd"), (64, "fwd"), (128, "bwd"), (128, "fwd")]
-    assert len(data["sdpa"]) == 4 and len(data["gather"]) == 1 and len(data["merged"]) == 1
+    assert len(data["sdpa"]) == 4 and len(data["reorder"]) == 2 and len(data["merged"]) == 1
     other = json.loads(out.read_text())
     other["device"]["name"] = "Another GPU"
     out.write_text(json.dumps(other))
@@ -96,7 +98,7 @@ def test_profiles_measured_in_parts_merge(tmp_path):
 )
 def test_calibrate_usage_errors(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bad.json").write_text('{"schema": "maskc-profile/2"}')
+    (tmp_path / "bad.json").write_text('{"schema": "maskc-profile/3"}')
     (tmp_path / "nosamples.json").write_text(json.dumps(make_profile()))
     result = CliRunner().invoke(cli, ["calibrate", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -83,8 +83,9 @@ def test_predictions_follow_the_model():
     plain = cost.predict(profile, cost.Candidate("block_sparse", (64, 64)), work, workload)
     assert plain.fwd_ms == pytest.approx(kernel.launch_ms + max(total, kernel.concurrency * heaviest))
     reordered = cost.predict(profile, cost.Candidate("block_sparse", (64, 64), True), work, workload)
-    gather = profile.gather_cost(workload).time(1 * (2 * 16 + 2 * 16) * 1024)
-    assert reordered.fwd_ms == pytest.approx(plain.fwd_ms + gather) and reordered.bwd_ms == pytest.approx(plain.bwd_ms + gather)
+    factors = profile.reorder_cost((64, 64), workload)
+    assert reordered.fwd_ms == pytest.approx(plain.fwd_ms * 1.1) and reordered.bwd_ms == pytest.approx(plain.bwd_ms * 1.21)
+    assert (factors.fwd_factor, factors.bwd_factor) == pytest.approx((1.1, 1.21))
     dense = cost.predict(profile, cost.Candidate("dense_causal", (128, 128)), cost.Work(1024, 1024, 1, 1, 1024 * 1025 // 2), workload)
     assert dense.fwd_ms == pytest.approx(0.01 + 1e-9 * 16 * 1024 * 1025 / 2)
     bigger = cost.predict(profile, cost.Candidate("block_sparse", (64, 64)), work, cost.Workload(batch=4))
@@ -111,7 +112,7 @@ def test_profiles_load_by_path_and_refuse_clearly(tmp_path, monkeypatch):
     with pytest.raises(cost.ProfileError, match="not a JSON profile"):
         cost.load_profile(path)
     path.write_text(json.dumps({"schema": "other"}))
-    with pytest.raises(cost.ProfileError, match="is not a maskc-profile/2 profile"):
+    with pytest.raises(cost.ProfileError, match="is not a maskc-profile/3 profile"):
         cost.load_profile(path)
     assert cost.default_profile() is None  # MASKC_PROFILE=none
     path.write_text(json.dumps(make_profile()))

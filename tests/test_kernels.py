@@ -89,6 +89,8 @@ def run(mask, *, B=1, Hq=2, Hkv=None, D=32, dtype=torch.float32, block=(32, 32),
     o, lse = forward(q, k, v, dplan, scale)
     assert o.shape == q.shape and o.dtype == dtype and o.is_contiguous()
     assert lse.shape == (B, Hq, nq) and lse.dtype == torch.float32
+    if dplan.reordered:  # the kernels keep the lse in plan positions; compare it in token order
+        lse = lse.index_select(-1, dplan.perm_inverse)
     assert torch.isfinite(o).all()
     assert rel(o, ref[0]) < tol
     empty = torch.isinf(ref[1])
@@ -99,7 +101,7 @@ def run(mask, *, B=1, Hq=2, Hkv=None, D=32, dtype=torch.float32, block=(32, 32),
     assert (o[empty.expand_as(o[..., 0])] == 0).all(), "rows with no visible key must be exactly 0"
     out = {"o": o, "lse": lse, "plan": plan}
     if grads:
-        dq, dk, dv = backward(do, q, k, v, o, lse, dplan, scale)
+        dq, dk, dv = backward(do, q, k, v, o, lse if not dplan.reordered else lse.index_select(-1, dplan.perm), dplan, scale)
         for name, got, want, like in (("dq", dq, ref[2], q), ("dk", dk, ref[3], k), ("dv", dv, ref[4], v)):
             assert got.shape == like.shape and got.dtype == like.dtype, name
             assert torch.isfinite(got).all(), f"{name} has non-finite values"
@@ -300,6 +302,35 @@ def test_launch_order_columns():
     assert out["plan"].arrays["col_order"].size > 0
 
 
+def scrambled_band(n, width, seed):
+    """A band |i - j| < width under a random token order, with some rows emptied: what RCM is for."""
+    order = np.random.default_rng(seed).permutation(n)
+    mask = np.abs(order[:, None] - order[None, :]) < width
+    mask[order < 5] = False
+    return mask
+
+
+@pytest.mark.parametrize("n, block, Hkv, layout, dtype", [(160, (32, 32), 2, "bhnd", torch.float32),
+                                                          (150, (64, 32), 1, "bnhd", torch.bfloat16)])
+def test_reordered_plans_read_through_the_permutation(n, block, Hkv, layout, dtype):
+    """A reordered plan's kernels take the caller's token order, and compute exactly what the
+    permuted problem computes with the plan's lists in their own order."""
+    mask = scrambled_band(n, 12, seed=n)
+    plan = maskc.compile(mask, block=block, reorder="rcm")
+    assert plan.reordered
+    out = run(mask, plan=plan, B=2, Hq=2, Hkv=Hkv, layout=layout, dtype=dtype, seed=31)
+    dplan = DevicePlan.from_plan(plan)
+    permuted = dataclasses.replace(dplan, perm=dplan.perm[:0], perm_inverse=dplan.perm[:0])
+    do, q, k, v, o, lse, _, scale = out["args"]
+    perm, inverse = dplan.perm, dplan.perm_inverse
+    o_p, lse_p = forward(*(t.index_select(2, perm) for t in (q, k, v)), permuted, scale)
+    assert torch.equal(o_p.index_select(2, inverse), out["o"])
+    assert torch.equal(lse_p.index_select(-1, inverse), lse)  # run() hands back the lse in token order
+    grads_p = backward(*(t.index_select(2, perm) for t in (do, q, k, v)), o_p, lse_p, permuted, scale)
+    for name, got in zip(("dq", "dk", "dv"), grads_p):
+        assert torch.equal(got.index_select(2, inverse), out[name]), name
+
+
 def test_rejects_dense_variants():
     plan = maskc.compile(causal(64, 64), block=(32, 32), variant="dense_causal")
     q = torch.randn(1, 1, 64, 32)
@@ -384,17 +415,3 @@ def test_config_table_lookup(monkeypatch):
     assert config.lookup(torch.device("cpu"), 48, torch.float16, 64, 64) == cfg  # 48 pads to 64
     with pytest.raises(ValueError):
         config.lookup(torch.device("cpu"), 64, torch.float16, 256, 64)
-
-
-@pytest.mark.parametrize("shape, dtype", [((2, 3, 77, 32), torch.float32), ((1, 2, 64, 96), torch.bfloat16), ((1, 1, 5, 128), torch.float16)])
-def test_sequence_gather_is_index_select(shape, dtype):
-    """The reordered plans' gather kernel copies exactly the rows index_select picks, for ragged
-    lengths, head dims that are not powers of two and inputs that are views."""
-    from maskc.runtime.kernels.gather import gather_rows
-
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(shape[0], shape[2], shape[1], shape[3], generator=gen).to(dtype).transpose(1, 2)  # heads interleaved
-    index = torch.randperm(shape[2], generator=gen).to(torch.int32)
-    assert torch.equal(gather_rows(x, index), x.index_select(2, index))
-    some = index[: max(1, shape[2] // 3)]
-    assert torch.equal(gather_rows(x, some), x.index_select(2, some))

@@ -4,7 +4,7 @@
     python -m maskc.runtime.kernels.aotcheck --arch 80 --dtype bf16 --head-dim 128
     python -m maskc.runtime.kernels.aotcheck --set fwd_sub_n=64 --set fwd_stages=3 --tiles 128x128
 
-For each (dtype, head dim, tiles, even/ragged, bitmap/interval plan) it compiles the forward, dQ
+For each (dtype, head dim, tiles, even/ragged, bitmap/interval plan, plain/reordered) it compiles the forward, dQ
 and dK/dV kernels to a cubin with the configuration ``config.lookup`` would pick on that GPU (the
 launch-order variant with every head first, ``ORDERED=True, HEADS_FAST=True``), and prints shared memory,
 registers and spill bytes (from ``cuobjdump -res-usage``). A compile error, shared memory over the
@@ -32,7 +32,7 @@ from maskc.runtime.kernels import bwd, config, fwd
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _POINTERS_I32 = {"row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile", "bitmaps",
-                 "intervals", "row_order", "col_order"}
+                 "intervals", "row_order", "col_order", "perm"}
 _POINTERS_F32 = {"LSE", "DELTA"}
 
 
@@ -72,14 +72,15 @@ def compile_kernel(fn, dtype: str, constexprs: dict, num_warps: int, num_stages:
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
-def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, overrides: dict, intervals: bool = False) -> list[str]:
+def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, overrides: dict, intervals: bool = False,
+          gather: bool = False) -> list[str]:
     d_bucket = config.head_dim_bucket(head_dim)
     cfg = config.TABLE.get((arch // 10, arch % 10, d_bucket, str(DTYPES[dtype]).removeprefix("torch."), bm, bn))
     cfg = cfg or config.default_config((arch // 10, arch % 10), d_bucket, DTYPES[dtype], bm, bn)
     cfg = config._clamped(replace(cfg, **overrides), bm, bn)
     precision = cfg.fp32_precision if dtype == "fp32" else "tf32"
     base = dict(HEAD_DIM=head_dim, D_PAD=d_bucket, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even, EVEN_N=even, DOT_PRECISION=precision,
-                INTERVALS=intervals, ORDERED=True, HEADS_FAST=True)
+                INTERVALS=intervals, ORDERED=True, HEADS_FAST=True, GATHER=gather)
     rows = []
     for name, fn, extra, warps, stages in (
         ("fwd", fwd._fwd_kernel, dict(SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows), cfg.fwd_warps, cfg.fwd_stages),
@@ -87,7 +88,7 @@ def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, ov
         ("dkdv", bwd._dkdv_kernel, dict(SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys), cfg.dkdv_warps, cfg.dkdv_stages),
     ):
         sub = "/".join(str(x) for x in extra.values())
-        kind = ("iv-" if intervals else "") + ("even" if even else "ragged")
+        kind = ("iv-" if intervals else "") + ("g-" if gather else "") + ("even" if even else "ragged")
         label = f"{dtype:<5}{head_dim:>4} {bm:>3}x{bn:<3} {kind:<9} {name:<5} w={warps} s={stages} sub={sub:<6}"
         try:
             kernel = compile_kernel(fn, dtype, {**base, **extra}, warps, stages, arch)
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiles", action="append", help="repeatable, e.g. 128x128; default all")
     parser.add_argument("--ragged", action="store_true", help="also compile the ragged (bounds-checked) variants")
     parser.add_argument("--intervals", action="store_true", help="also compile the interval-plan variants")
+    parser.add_argument("--gather", action="store_true", help="also compile the reordered-plan variants (rows read through perm)")
     parser.add_argument("--set", action="append", default=[], help="config override field=value, repeatable")
     args = parser.parse_args(argv)
     overrides = {}
@@ -126,10 +128,11 @@ def main(argv=None) -> int:
         for head_dim in args.head_dim or [64, 96, 128, 256]:
             for bm, bn in tiles:
                 for intervals in (False, True) if args.intervals else (False,):
-                    for even in (True, False) if args.ragged else (True,):
-                        for row in check(args.arch, dtype, head_dim, bm, bn, even, overrides, intervals):
-                            bad += ("ERROR" in row) or ("OVER LIMIT" in row)
-                            print(row, flush=True)
+                    for gather in (False, True) if args.gather else (False,):
+                        for even in (True, False) if args.ragged else (True,):
+                            for row in check(args.arch, dtype, head_dim, bm, bn, even, overrides, intervals, gather):
+                                bad += ("ERROR" in row) or ("OVER LIMIT" in row)
+                                print(row, flush=True)
     print("no compile errors, shared memory within limits" if not bad else f"{bad} kernel(s) failed to compile or exceed shared memory")
     return 1 if bad else 0
 

@@ -28,7 +28,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LOG2E, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    heads_fast, launch_grid, program_ids, tile_bits,
+    heads_fast, launch_grid, perm_rows, program_ids, seq_ptrs, tile_bits,
 )
 from maskc.runtime.kernels.fwd import dot_precision
 
@@ -37,11 +37,11 @@ DELTA_BLOCK = 64  # query rows per program of the delta pre-pass
 
 @triton.jit
 def _delta_kernel(
-    O, DO, DELTA,
+    O, DO, DELTA, perm,
     stride_ob, stride_oh, stride_om,
     stride_dob, stride_doh, stride_dom,
     Hq, Nq,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, GATHER: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -50,19 +50,22 @@ def _delta_kernel(
     offs_i = tl.arange(0, BLOCK)
     offs_m = pid_m * BLOCK + offs_i
     offs_d = tl.arange(0, D_PAD)
-    ok = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
-    start_m = (pid_m * BLOCK).to(tl.int64)
-    O_tile = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start_m * stride_om
-    DO_tile = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + start_m * stride_dom
-    o = tl.load(O_tile + offs_i[:, None] * stride_om + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(DO_tile + offs_i[:, None] * stride_dom + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    m_ok = offs_m < Nq
+    ok = m_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    O_head = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    q_rows = perm_rows(perm, pid_m * BLOCK, offs_i, m_ok, GATHER)
+    o_ptrs = seq_ptrs(O_head, pid_m * BLOCK, offs_i, stride_om, offs_d, q_rows, GATHER, False)
+    do_ptrs = seq_ptrs(DO_head, pid_m * BLOCK, offs_i, stride_dom, offs_d, q_rows, GATHER, False)
+    o = tl.load(o_ptrs, mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(do_ptrs, mask=ok, other=0.0).to(tl.float32)
     tl.store(DELTA + pid_bh.to(tl.int64) * Nq + offs_m, tl.sum(o * do, 1), mask=offs_m < Nq)
 
 
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v,
-    Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom,
+    Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,
     rows, tiles, bitmaps,
     lts, lte, uts, ute,  # interval plans: the bounds of the program's key columns in this slice
     lo, hi,  # entries [lo, hi) of this key tile's column list
@@ -70,7 +73,7 @@ def _dkdv_tiles(
     key0, n_ok, offs_d,  # the program's first key column inside the tile; which keys are < Nk
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr, WORDS: tl.constexpr,
     HEAD_DIM: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-    MASKED: tl.constexpr, INTERVALS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, INTERVALS: tl.constexpr, GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Accumulate dK, dV [KEYS, D] over the query tiles of column-list entries [lo, hi).
 
@@ -88,9 +91,10 @@ def _dkdv_tiles(
         start_m = tl.load(rows + entry) * BLOCK_M + row0
         queries = start_m + offs_i
         q_ok = queries < Nq
-        qT_ptrs = Q_head + start_m.to(tl.int64) * stride_qm + offs_i[None, :] * stride_qm + offs_d[:, None]
+        q_rows = perm_rows(perm, start_m, offs_i, q_ok, GATHER)
+        qT_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER, True)
         qT = load_tile(qT_ptrs, d_ok[:, None], q_ok[None, :], not EVEN_D, not EVEN_M)  # [D, SUB_M]
-        do_ptrs = DO_head + start_m.to(tl.int64) * stride_dom + offs_i[:, None] * stride_dom + offs_d[None, :]
+        do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER, False)
         do = load_tile(do_ptrs, q_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)  # [SUB_M, D]
         # Rows past Nq read lse = +inf, hence P = 0.
         if EVEN_M:
@@ -123,7 +127,7 @@ def _dkdv_tiles(
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
-    col_ptr, col_full, col_row, col_tile, bitmaps, intervals, col_order,
+    col_ptr, col_full, col_row, col_tile, bitmaps, intervals, col_order, perm,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -135,7 +139,7 @@ def _dkdv_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_N // KEYS  # programs per key tile (1 unless wide heads need fewer keys each)
@@ -159,12 +163,15 @@ def _dkdv_kernel(
     offs_d = tl.arange(0, D_PAD)
     n_ok = offs_n < Nk
     d_ok = offs_d < HEAD_DIM
-    # Base pointers in int64: batch, head and the program's first key (B*H*N*D can exceed 2**31).
-    start_n = (pid_n * BLOCK_N + key0).to(tl.int64)
-    K_tile = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n * stride_kn
-    V_tile = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n * stride_vn
-    k = load_tile(K_tile + offs_j[:, None] * stride_kn + offs_d[None, :], n_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
-    v = load_tile(V_tile + offs_j[:, None] * stride_vn + offs_d[None, :], n_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
+    # Base pointers in int64: batch and head (B*H*N*D can exceed 2**31).
+    start_n = pid_n * BLOCK_N + key0
+    K_head = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    V_head = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    key_rows = perm_rows(perm, start_n, offs_j, n_ok, GATHER)
+    k_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER, False)
+    v_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER, False)
+    k = load_tile(k_ptrs, n_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
+    v = load_tile(v_ptrs, n_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
 
     dk = tl.zeros([KEYS, D_PAD], dtype=tl.float32)
     dv = tl.zeros([KEYS, D_PAD], dtype=tl.float32)
@@ -186,36 +193,38 @@ def _dkdv_kernel(
         DELTA_head = DELTA + (b * Hq + h).to(tl.int64) * Nq
         # Phase 1: full tiles, no mask.
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom,
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,
             col_row, col_tile, bitmaps, lts, lte, uts, ute, lo, lo + n_full, Nq, qk_scale, key0, n_ok, offs_d,
-            BLOCK_M, BLOCK_N, SUB_M, KEYS, WORDS, HEAD_DIM, EVEN_M, EVEN_N, EVEN_D, False, INTERVALS, DOT_PRECISION,
+            BLOCK_M, BLOCK_N, SUB_M, KEYS, WORDS, HEAD_DIM, EVEN_M, EVEN_N, EVEN_D, False, INTERVALS, GATHER, DOT_PRECISION,
         )
         # Phase 2: partial tiles, mask rebuilt in registers.
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom,
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,
             col_row, col_tile, bitmaps, lts, lte, uts, ute, lo + n_full, hi, Nq, qk_scale, key0, n_ok, offs_d,
-            BLOCK_M, BLOCK_N, SUB_M, KEYS, WORDS, HEAD_DIM, EVEN_M, EVEN_N, EVEN_D, True, INTERVALS, DOT_PRECISION,
+            BLOCK_M, BLOCK_N, SUB_M, KEYS, WORDS, HEAD_DIM, EVEN_M, EVEN_N, EVEN_D, True, INTERVALS, GATHER, DOT_PRECISION,
         )
 
     dk = dk * scale
     out_ok = n_ok[:, None] & d_ok[None, :]
-    DK_tile = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh + start_n * stride_dkn
-    DV_tile = DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh + start_n * stride_dvn
-    tl.store(DK_tile + offs_j[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=out_ok)
-    tl.store(DV_tile + offs_j[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_ok)
+    DK_head = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
+    DV_head = DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
+    dk_ptrs = seq_ptrs(DK_head, start_n, offs_j, stride_dkn, offs_d, key_rows, GATHER, False)
+    dv_ptrs = seq_ptrs(DV_head, start_n, offs_j, stride_dvn, offs_d, key_rows, GATHER, False)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse2, delta,
-    K_head, V_head, stride_kn, stride_vn,
+    K_head, V_head, stride_kn, stride_vn, perm,
     cols, tiles, bitmaps, slice_intervals,
     lo, hi,  # entries [lo, hi) of the row list
     Nk, qk_scale,
     offs_m_tile, offs_m, offs_d,  # query rows inside the tile (bitmap rows) and absolute; head dims
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, WORDS: tl.constexpr,
     HEAD_DIM: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-    MASKED: tl.constexpr, INTERVALS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, INTERVALS: tl.constexpr, GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Accumulate dQ [ROWS, D] (unscaled) over the key tiles of row-list entries [lo, hi),
     ``SUB_N`` key columns per step, (entry, step) pairs flattened into one loop counter."""
@@ -228,8 +237,9 @@ def _dq_tiles(
         start_n = tl.load(cols + entry) * BLOCK_N + col0
         keys = start_n + offs_j
         key_ok = keys < Nk
-        kT_ptrs = K_head + start_n.to(tl.int64) * stride_kn + offs_j[None, :] * stride_kn + offs_d[:, None]
-        vT_ptrs = V_head + start_n.to(tl.int64) * stride_vn + offs_j[None, :] * stride_vn + offs_d[:, None]
+        key_rows = perm_rows(perm, start_n, offs_j, key_ok, GATHER)
+        kT_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER, True)
+        vT_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER, True)
         kT = load_tile(kT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)  # [D, SUB_N]
         vT = load_tile(vT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)
 
@@ -254,7 +264,7 @@ def _dq_tiles(
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
-    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order,
+    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -265,7 +275,7 @@ def _dq_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
@@ -289,11 +299,11 @@ def _dq_kernel(
     hi = tl.load(row_ptr + row + 1)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
 
-    # Base pointers in int64: batch, head and the program's first row (B*H*N*D can exceed 2**31).
-    start_m = (pid_m * BLOCK_M + row0).to(tl.int64)
-    Q_tile = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m * stride_qm
-    DO_tile = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + start_m * stride_dom
-    DQ_tile = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + start_m * stride_dqm
+    # Base pointers in int64: batch and head (B*H*N*D can exceed 2**31).
+    start_m = pid_m * BLOCK_M + row0
+    Q_head = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
     K_head = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
 
@@ -303,8 +313,11 @@ def _dq_kernel(
     offs_d = tl.arange(0, D_PAD)
     m_ok = offs_m < Nq
     d_ok = offs_d < HEAD_DIM
-    q = load_tile(Q_tile + offs_i[:, None] * stride_qm + offs_d[None, :], m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
-    do = load_tile(DO_tile + offs_i[:, None] * stride_dom + offs_d[None, :], m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+    q_rows = perm_rows(perm, start_m, offs_i, m_ok, GATHER)
+    q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER, False)
+    do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER, False)
+    q = load_tile(q_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+    do = load_tile(do_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
     stats = pid_bh.to(tl.int64) * Nq + offs_m  # lse and delta are contiguous [B, Hq, Nq]
     if EVEN_M:
         lse2 = tl.load(LSE + stats) * LOG2E
@@ -316,18 +329,19 @@ def _dq_kernel(
     dq = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
     # Phase 1: full tiles, no mask.
     dq = _dq_tiles(
-        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
         lo, lo + n_full, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
-        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, DOT_PRECISION,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, GATHER, DOT_PRECISION,
     )
     # Phase 2: partial tiles, mask rebuilt in registers.
     dq = _dq_tiles(
-        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
         lo + n_full, hi, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
-        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, DOT_PRECISION,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, GATHER, DOT_PRECISION,
     )
     dq = dq * scale
-    tl.store(DQ_tile + offs_i[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    dq_ptrs = seq_ptrs(DQ_head, start_m, offs_i, stride_dqm, offs_d, q_rows, GATHER, False)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -355,7 +369,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     shape = dict(
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         EVEN_M=Nq % plan.block_m == 0, EVEN_N=Nk % plan.block_n == 0,
-        INTERVALS=g["INTERVALS"], DOT_PRECISION=dot_precision(q.dtype, cfg),
+        INTERVALS=g["INTERVALS"], GATHER=plan.reordered, DOT_PRECISION=dot_precision(q.dtype, cfg),
     )
     qk_scale = float(scale) * LOG2E_F
     dq_programs = g["tiles_m"] * (plan.block_m // cfg.dq_rows)
@@ -365,17 +379,17 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
 
     delta = _common.empty((B, Hq, Nq), torch.float32, q.device)
     _delta_kernel[(triton.cdiv(Nq, DELTA_BLOCK), B * Hq)](
-        o, do, delta,
+        o, do, delta, plan.perm,
         o.stride(0), o.stride(1), o.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
-        Hq, Nq, BLOCK=DELTA_BLOCK, **common,
+        Hq, Nq, BLOCK=DELTA_BLOCK, GATHER=plan.reordered, **common,
     )
 
     dk = _common.empty((B, Hkv, Nk, D), k.dtype, k.device)
     dv = _common.empty((B, Hkv, Nk, D), v.dtype, v.device)
     _dkdv_kernel[launch_grid(dkdv_programs, B * Hkv, cols_fast)](
         q, k, v, do, lse, delta, dk, dv,
-        plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order,
+        plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order, plan.perm,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -391,7 +405,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
     _dq_kernel[launch_grid(dq_programs, B * Hq, rows_fast)](
         q, k, v, do, lse, delta, dq,
-        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order,
+        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order, plan.perm,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),

@@ -11,6 +11,9 @@ Index conventions used by every kernel in this package
   row ``i`` and tile column ``j`` is bit ``j % 32`` (LSB first) of word ``i * WORDS + j // 32``.
 * An interval plan masks query row ``i`` of key column ``j`` iff ``LTS <= i < LTE`` or
   ``UTS <= i < UTE`` with the bounds ``intervals[s, 0..3, j]`` (``[slices, 4, Nk]`` int32).
+* Token order: a reordered plan's positions are the caller's tokens ``perm[0], perm[1], ...``; the
+  kernels address every q, k, v, o and gradient row through ``perm`` (constexpr ``GATHER``,
+  :func:`perm_rows`, :func:`seq_ptrs`), while the lse and delta they keep for themselves stay in plan positions.
 * Launch order: with the plan's ``row_order``/``col_order`` (constexpr ``ORDERED``), program ``i``
   of a slice takes tile ``order[s * tiles + i]`` (heaviest first) instead of tile ``i``.
 * Grid: ``(tiles, B·H)``, or with ``HEADS_FAST`` (:func:`heads_fast`) ``(B·H, tiles)``, so the
@@ -85,6 +88,43 @@ def _l2_bytes(device: torch.device) -> int:
 def launch_grid(tiles: int, heads: int, heads_fast: bool) -> tuple[int, int]:
     """The grid :func:`program_ids` reads, for ``tiles`` tile programs and ``heads`` = B·H."""
     return (heads, tiles) if heads_fast else (tiles, heads)
+
+
+@triton.jit
+def perm_rows(perm, first, offs, ok, GATHER: tl.constexpr):
+    """The caller's token rows (int64) at plan positions ``first + offs`` of a reordered plan
+    (``GATHER``): ``perm[first + offs]``, loaded once per block for every tensor the block reads or
+    writes (:func:`seq_ptrs`); positions past the end (``ok`` false) read row 0. Without ``GATHER``
+    positions are rows and nothing is loaded (``offs`` is returned, unused)."""
+    if GATHER:
+        rows = tl.load(perm + first + offs, mask=ok, other=0).to(tl.int64)
+    else:
+        rows = offs
+    return rows
+
+
+@triton.jit
+def seq_ptrs(head, first, offs, stride, offs_d, rows, GATHER: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Pointers to the plan positions ``first + offs`` of one head's ``[N, D]`` sequence (row
+    stride ``stride``), head dims ``offs_d``: a ``[rows, D]`` block, or ``[D, rows]`` if ``TRANSPOSED``.
+
+    With ``GATHER`` (a reordered plan) the block's rows are the caller's tokens ``rows`` from
+    :func:`perm_rows`: the kernels read and write the caller's tensors through the permutation, so
+    reordering costs no copy of q, k, v or of the outputs. Without it the offset of ``first`` is
+    folded into an int64 base pointer and the block's own offsets stay int32.
+    """
+    if GATHER:
+        if TRANSPOSED:
+            ptrs = head + rows[None, :] * stride + offs_d[:, None]
+        else:
+            ptrs = head + rows[:, None] * stride + offs_d[None, :]
+    else:
+        base = head + first.to(tl.int64) * stride
+        if TRANSPOSED:
+            ptrs = base + offs[None, :] * stride + offs_d[:, None]
+        else:
+            ptrs = base + offs[:, None] * stride + offs_d[None, :]
+    return ptrs
 
 
 @triton.jit

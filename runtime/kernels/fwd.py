@@ -18,21 +18,21 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LN2, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    heads_fast, launch_grid, program_ids, tile_bits,
+    heads_fast, launch_grid, perm_rows, program_ids, seq_ptrs, tile_bits,
 )
 
 
 @triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q,
-    K_head, V_head, stride_kn, stride_vn,
+    K_head, V_head, stride_kn, stride_vn, perm,
     cols, tiles, bitmaps, slice_intervals,
     lo, hi,  # entries [lo, hi) of the row list
     Nk, qk_scale,
     offs_m_tile, offs_m, offs_d,  # query rows inside the tile (bitmap rows) and absolute; head dims
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, WORDS: tl.constexpr,
     HEAD_DIM: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-    MASKED: tl.constexpr, INTERVALS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, INTERVALS: tl.constexpr, GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Fold the key tiles of row-list entries [lo, hi) into the online softmax state (acc, l_i, m_i).
 
@@ -48,8 +48,8 @@ def _fwd_tiles(
         start_n = tl.load(cols + entry) * BLOCK_N + col0
         keys = start_n + offs_j
         key_ok = keys < Nk
-        # K^T [D, SUB_N] and V [SUB_N, D]; the int64 base keeps start_n * stride off int32.
-        kT_ptrs = K_head + start_n.to(tl.int64) * stride_kn + offs_j[None, :] * stride_kn + offs_d[:, None]
+        key_rows = perm_rows(perm, start_n, offs_j, key_ok, GATHER)
+        kT_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER, True)  # K^T [D, SUB_N]
         kT = load_tile(kT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)
         s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # base-2 scaled scores
         if MASKED:
@@ -71,7 +71,7 @@ def _fwd_tiles(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = V_head + start_n.to(tl.int64) * stride_vn + offs_j[:, None] * stride_vn + offs_d[None, :]
+        v_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER, False)  # V [SUB_N, D]
         v = load_tile(v_ptrs, key_ok[:, None], d_ok[None, :], not EVEN_N, not EVEN_D)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
@@ -82,7 +82,7 @@ def _fwd_tiles(
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
-    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order,
+    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -92,7 +92,7 @@ def _fwd_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
@@ -116,10 +116,10 @@ def _fwd_kernel(
     hi = tl.load(row_ptr + row + 1)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
 
-    # Base pointers in int64: batch, head and the program's first row (B*H*N*D can exceed 2**31).
-    start_m = (pid_m * BLOCK_M + row0).to(tl.int64)
-    Q_tile = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m * stride_qm
-    O_tile = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start_m * stride_om
+    # Base pointers in int64: batch and head (B*H*N*D can exceed 2**31).
+    start_m = pid_m * BLOCK_M + row0
+    Q_head = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    O_head = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     K_head = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
 
@@ -129,7 +129,9 @@ def _fwd_kernel(
     offs_d = tl.arange(0, D_PAD)
     m_ok = offs_m < Nq
     d_ok = offs_d < HEAD_DIM
-    q = load_tile(Q_tile + offs_i[:, None] * stride_qm + offs_d[None, :], m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+    q_rows = perm_rows(perm, start_m, offs_i, m_ok, GATHER)
+    q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER, False)
+    q = load_tile(q_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
 
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
@@ -137,15 +139,15 @@ def _fwd_kernel(
 
     # Phase 1: full tiles, no mask.
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
         lo, lo + n_full, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
-        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, DOT_PRECISION,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, GATHER, DOT_PRECISION,
     )
     # Phase 2: partial tiles, mask rebuilt in registers.
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, row_col, row_tile, bitmaps, slice_intervals,
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
         lo + n_full, hi, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
-        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, DOT_PRECISION,
+        BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, GATHER, DOT_PRECISION,
     )
 
     # Epilogue. l_i == 0 exactly when the row saw no visible key (else its max term contributed 1).
@@ -153,7 +155,8 @@ def _fwd_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]  # acc is 0 on empty rows
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
-    tl.store(O_tile + offs_i[:, None] * stride_om + offs_d[None, :], o.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    o_ptrs = seq_ptrs(O_head, start_m, offs_i, stride_om, offs_d, q_rows, GATHER, False)
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
 
 
@@ -182,7 +185,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
     grid = launch_grid(programs, B * Hq, rows_fast)
     _fwd_kernel[grid](
         q, k, v, o, lse,
-        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, plan_tensor(plan, "intervals"), row_order,
+        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, plan_tensor(plan, "intervals"), row_order, plan.perm,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -192,7 +195,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
         HEAD_DIM=D, D_PAD=g["D_PAD"],
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows,
         EVEN_M=Nq % plan.block_m == 0, EVEN_N=Nk % plan.block_n == 0,
-        INTERVALS=g["INTERVALS"], ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast,
+        INTERVALS=g["INTERVALS"], ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast, GATHER=plan.reordered,
         DOT_PRECISION=dot_precision(q.dtype, cfg),
         num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
     )
