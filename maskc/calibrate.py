@@ -41,6 +41,7 @@ import maskc
 from maskc import cost
 from maskc.compiler import bitmap_plan
 from maskc.compiler import compile as compile_mask
+from maskc.errors import MaskError
 from maskc.runtime.format import Plan
 from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
@@ -82,7 +83,8 @@ class Experiment:
     counts, the lists being query-tile rows (``layout="rows"``: each row owns its key tiles) or
     key-tile columns (``layout="cols"``: each key tile is seen by its own run of query-tile rows);
     or a library mask (``layout="mask"``, ``spec`` its JSON spec), whose key tiles are shared by
-    many rows as in real masks."""
+    many rows as in real masks; or one of ``maskc bench``'s masks (``layout="bench"``, ``spec``
+    ``{"name", "n"}``) where its spec would be long (a random token tree's parent array)."""
 
     heads: int
     full: tuple[int, ...] = ()
@@ -94,6 +96,10 @@ class Experiment:
     def of_mask(cls, heads: int, **spec: Any) -> "Experiment":
         return cls(heads, layout="mask", spec=json.dumps(spec, sort_keys=True))
 
+    @classmethod
+    def of_bench(cls, heads: int, name: str, n: int) -> "Experiment":
+        return cls(heads, layout="bench", spec=json.dumps({"name": name, "n": n}, sort_keys=True))
+
 
 def experiments(quick: bool, cpu: bool) -> list[Experiment]:
     """The plans timed per kernel configuration: balanced loads of full, partial and mixed tiles
@@ -101,7 +107,7 @@ def experiments(quick: bool, cpu: bool) -> list[Experiment]:
     on an idle device and one heavy list among light ones (concurrency), column-heavy plans (the
     dK/dV pass), a single tile (launch), and library masks at lengths and parameters other than
     the benchmark's, whose key tiles many rows share (causal, windows, documents, prefix-LM,
-    Longformer, short bidirectional documents)."""
+    Longformer, short bidirectional documents, a token tree)."""
     if cpu:
         rows, heads, k = 2, 1, (1, 2, 4)
         return [
@@ -138,6 +144,7 @@ def experiments(quick: bool, cpu: bool) -> list[Experiment]:
         Experiment.of_mask(heads, kind="prefix_lm", n=16384, prefix=5000),
         Experiment.of_mask(heads, kind="longformer", n=16384, window=512, global_tokens=list(range(16)), causal=False),
         Experiment.of_mask(heads, kind="documents", lengths=_lengths(8192, 100), causal=False),  # partial tiles only
+        Experiment.of_bench(heads, "token_tree", 16384),  # deep, unbalanced rows of scattered partial tiles
     ]
 
 
@@ -186,6 +193,11 @@ def synthetic_plan(e: Experiment, kernel: str, bm: int, bn: int) -> Plan:
         from maskc.spec import from_spec
 
         return compile_mask(from_spec(json.loads(e.spec)), block=(bm, bn), variant=kernel)
+    if e.layout == "bench":
+        from maskc.bench import build_mask
+
+        spec = json.loads(e.spec)
+        return compile_mask(build_mask(spec["name"], spec["n"]).source, block=(bm, bn), variant=kernel, reorder="none")
     vectors, q_len, kv_len = synthetic_intervals(e, bm, bn)
     plan = compile_mask(IntervalSource(vectors, (1, 1, q_len, kv_len), "calibration"), block=(bm, bn), variant="intervals", schedule="none")
     return plan if kernel == "intervals" else bitmap_plan(plan)
@@ -277,7 +289,10 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
 
     samples: dict[str, list[cost.KernelSample]] = {"fwd": [], "bwd": []}
     for e in experiments(dev.cfg.quick, dev.device.type == "cpu"):
-        plan = synthetic_plan(e, kernel, block, block)
+        try:
+            plan = synthetic_plan(e, kernel, block, block)
+        except MaskError:  # a mask this kernel does not run (a token tree has no interval form)
+            continue
         work = cost.work_of(plan)
         try:
             fwd, bwd = dev.passes(load_plan(plan, dev.device), e.heads, plan.q_len, plan.kv_len, d, dtype)
@@ -287,7 +302,7 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
             continue
         samples["fwd"].append(cost.KernelSample((work.rows,), e.heads, fwd))
         samples["bwd"].append(cost.KernelSample((work.rows, work.cols), e.heads, bwd))
-        what = e.spec if e.layout == "mask" else f"{e.layout} lists={len(e.full)}"
+        what = e.spec if e.layout in ("mask", "bench") else f"{e.layout} lists={len(e.full)}"
         say(f"    {what} heads={e.heads} tiles={work.rows.full}+{work.rows.partial}: fwd {fwd:.4f} ms, bwd {bwd:.4f} ms")
     return samples
 
