@@ -1,15 +1,17 @@
-"""Block-sparse flash-attention backward: three deterministic kernels, no atomics.
+"""Block-sparse flash-attention backward: two deterministic kernels, no atomics.
 
-1. ``_delta_kernel``: ``delta = rowsum(dO * O)`` per query row (fp32).
-2. ``_dkdv_kernel``: one program per (key tile, batch * key/value head) - or per ``KEYS``-key slice
-   of a key tile when the config splits tiles (wide heads). It holds its K and V rows and the dK/dV
-   accumulators, and for each query head of its GQA group walks that head's column list (full tiles,
-   then partial tiles), stepping through each query tile ``SUB_M`` rows at a time. dK/dV are
-   therefore summed over the group in registers and written once.
-3. ``_dq_kernel``: one program per (query tile, batch * query head) - or per ``ROWS``-row slice of a
-   query tile when the config splits tiles. It holds Q, dO, lse and delta and walks the row list
+1. ``_dq_kernel``: one program per (query tile, batch * query head) - or per ``ROWS``-row slice of a
+   query tile when the config splits tiles. It loads Q, dO, O and lse, computes its rows'
+   ``delta = rowsum(dO * O)`` (fp32) and stores it for the next kernel, and walks the row list
    (full tiles, then partial), stepping through each key tile ``SUB_N`` columns at a time
-   (``SUB_N == 32`` is exactly one bitmap word per query row).
+   (``SUB_N == 32`` is exactly one bitmap word per query row). The programs cover every query row,
+   empty ones included, so delta is complete when it ends.
+2. ``_dkdv_kernel``, launched after it: one program per (key tile, batch * key/value head) - or per
+   ``KEYS``-key slice of a key tile when the config splits tiles (wide heads). It holds its K and V
+   rows and the dK/dV accumulators, and for each query head of its GQA group walks that head's
+   column list (full tiles, then partial tiles), stepping through each query tile ``SUB_M`` rows at
+   a time, reading lse and delta. dK/dV are therefore summed over the group in registers and
+   written once.
 
 Partial tiles are masked from their bitmap (block-sparse plans) or from the key columns' row
 intervals (interval plans, constexpr ``INTERVALS``). With S = scale * Q K^T and P = softmax(S) over
@@ -31,36 +33,6 @@ from maskc.runtime.kernels.common import (
     heads_fast, launch_grid, perm_rows, program_ids, seq_ptrs, tile_bits,
 )
 from maskc.runtime.kernels.fwd import dot_precision
-
-DELTA_BLOCK = 64  # query rows per program of the delta pre-pass
-
-
-@triton.jit
-def _delta_kernel(
-    O, DO, DELTA, perm,
-    stride_ob, stride_oh, stride_om,
-    stride_dob, stride_doh, stride_dom,
-    Hq, Nq,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, GATHER: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    offs_i = tl.arange(0, BLOCK)
-    offs_m = pid_m * BLOCK + offs_i
-    offs_d = tl.arange(0, D_PAD)
-    m_ok = offs_m < Nq
-    ok = m_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    O_head = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-    q_rows = perm_rows(perm, pid_m * BLOCK, offs_i, m_ok, GATHER)
-    o_ptrs = seq_ptrs(O_head, pid_m * BLOCK, offs_i, stride_om, offs_d, q_rows, GATHER, False)
-    do_ptrs = seq_ptrs(DO_head, pid_m * BLOCK, offs_i, stride_dom, offs_d, q_rows, GATHER, False)
-    o = tl.load(o_ptrs, mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(do_ptrs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(DELTA + pid_bh.to(tl.int64) * Nq + offs_m, tl.sum(o * do, 1), mask=offs_m < Nq)
-
 
 @triton.jit
 def _dkdv_tiles(
@@ -263,12 +235,13 @@ def _dq_tiles(
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, DO, O, LSE, DELTA, DQ,
     row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom,
+    stride_ob, stride_oh, stride_om,
     stride_dqb, stride_dqh, stride_dqm,
     Hq, Nq, Nk, group, slice_b, slice_h, tiles_m,
     scale, qk_scale,
@@ -303,6 +276,7 @@ def _dq_kernel(
     start_m = pid_m * BLOCK_M + row0
     Q_head = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    O_head = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
     K_head = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
@@ -316,15 +290,18 @@ def _dq_kernel(
     q_rows = perm_rows(perm, start_m, offs_i, m_ok, GATHER)
     q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER, False)
     do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER, False)
+    o_ptrs = seq_ptrs(O_head, start_m, offs_i, stride_om, offs_d, q_rows, GATHER, False)
     q = load_tile(q_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
     do = load_tile(do_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+    o = load_tile(o_ptrs, m_ok[:, None], d_ok[None, :], not EVEN_M, not EVEN_D)
+    # delta = rowsum(dO * O): this kernel's, and stored for the dK/dV kernel (rows past Nq: 0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     stats = pid_bh.to(tl.int64) * Nq + offs_m  # lse and delta are contiguous [B, Hq, Nq]
+    tl.store(DELTA + stats, delta, mask=m_ok)
     if EVEN_M:
         lse2 = tl.load(LSE + stats) * LOG2E
-        delta = tl.load(DELTA + stats)
     else:
         lse2 = tl.load(LSE + stats, mask=m_ok, other=float("inf")) * LOG2E
-        delta = tl.load(DELTA + stats, mask=m_ok, other=0.0)
 
     dq = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
     # Phase 1: full tiles, no mask.
@@ -377,12 +354,21 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, dq_programs)
     cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k, dkdv_programs)
 
-    delta = _common.empty((B, Hq, Nq), torch.float32, q.device)
-    _delta_kernel[(triton.cdiv(Nq, DELTA_BLOCK), B * Hq)](
-        o, do, delta, plan.perm,
-        o.stride(0), o.stride(1), o.stride(2),
+    delta = _common.empty((B, Hq, Nq), torch.float32, q.device)  # written by the dQ kernel
+    dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
+    _dq_kernel[launch_grid(dq_programs, B * Hq, rows_fast)](
+        q, k, v, do, o, lse, delta, dq,
+        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order, plan.perm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
-        Hq, Nq, BLOCK=DELTA_BLOCK, GATHER=plan.reordered, **common,
+        o.stride(0), o.stride(1), o.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
+        float(scale), qk_scale,
+        SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows, ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast, **common, **shape,
+        num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
 
     dk = _common.empty((B, Hkv, Nk, D), k.dtype, k.device)
@@ -400,20 +386,5 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         float(scale), qk_scale,
         SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys, ORDERED=col_order.numel() > 0, HEADS_FAST=cols_fast, **common, **shape,
         num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
-    )
-
-    dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
-    _dq_kernel[launch_grid(dq_programs, B * Hq, rows_fast)](
-        q, k, v, do, lse, delta, dq,
-        plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order, plan.perm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
-        float(scale), qk_scale,
-        SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows, ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast, **common, **shape,
-        num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
     return dq, dk, dv
