@@ -291,9 +291,6 @@ class ReorderCost:
     fwd_factor: float
     bwd_factor: float
 
-    def factor(self, pass_: str) -> float:
-        return self.fwd_factor if pass_ == "fwd" else self.bwd_factor
-
 
 @dataclass(frozen=True)
 class LinearCost:
