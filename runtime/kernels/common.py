@@ -55,6 +55,33 @@ def program_ids(HEADS_FAST: tl.constexpr):
     return pid_tile, pid_bh
 
 
+@triton.jit
+def row_program(row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
+                BLOCK_M: tl.constexpr, ROWS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr):
+    """What a forward or dQ program works on: its ``pid_bh = b * Hq + h``, batch ``b``, query head
+    ``h``, key/value head ``h_kv``, mask slice, query tile ``pid_m`` (the plan's launch order,
+    heaviest rows first, when it has one), first row ``row0`` inside that tile (``BLOCK_M // ROWS``
+    programs share a tile), and the entries ``[lo, hi)`` of the tile's row list, of which the
+    first ``n_full`` are full."""
+    SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
+    pid_tile, pid_bh = program_ids(HEADS_FAST)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    h_kv = h // group  # GQA: `group` consecutive query heads share one key/value head
+    mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
+    tile = pid_tile // SPLIT
+    if ORDERED:
+        pid_m = tl.load(row_order + mask_slice * tiles_m + tile)
+    else:
+        pid_m = tile
+    row0 = (pid_tile % SPLIT) * ROWS
+    row = mask_slice * tiles_m + pid_m
+    lo = tl.load(row_ptr + row)
+    n_full = tl.load(row_full + row)
+    hi = tl.load(row_ptr + row + 1)
+    return pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi
+
+
 L2_KV_FACTOR = 2.0
 _H100_L2_BYTES = 50 << 20  # what the interpreter (CPU tensors) decides with
 

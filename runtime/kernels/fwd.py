@@ -18,7 +18,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LN2, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    heads_fast, launch_grid, perm_rows, program_ids, seq_ptrs, tile_bits,
+    heads_fast, launch_grid, perm_rows, program_ids, row_program, seq_ptrs, tile_bits,
 )
 
 
@@ -95,25 +95,9 @@ def _fwd_kernel(
     GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
-    SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_tile, pid_bh = program_ids(HEADS_FAST)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    h_kv = h // group  # GQA: `group` consecutive query heads share one key/value head
-    mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
-
-    # The query tile: the plan's launch order (heaviest rows first) when it has one.
-    tile = pid_tile // SPLIT
-    if ORDERED:
-        pid_m = tl.load(row_order + mask_slice * tiles_m + tile)
-    else:
-        pid_m = tile
-    row0 = (pid_tile % SPLIT) * ROWS  # the program's first row inside its tile
-    row = mask_slice * tiles_m + pid_m
-    lo = tl.load(row_ptr + row)
-    n_full = tl.load(row_full + row)
-    hi = tl.load(row_ptr + row + 1)
+    pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
+        row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m, BLOCK_M, ROWS, ORDERED, HEADS_FAST)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
 
     # Base pointers in int64: batch and head (B*H*N*D can exceed 2**31).
