@@ -338,15 +338,13 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, dq_programs)
     cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k, dkdv_programs)
 
+    qkv_do_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])  # both kernels read these
     delta = _common.empty((B, Hq, Nq), torch.float32, q.device)  # written by the dQ kernel
     dq = _common.empty((B, Hq, Nq, D), q.dtype, q.device)
     _dq_kernel[launch_grid(dq_programs, B * Hq, rows_fast)](
         q, k, v, do, o, lse, delta, dq,
         plan.row_ptr, plan.row_full, plan.row_col, plan.row_tile, plan.bitmaps, intervals, row_order, plan.perm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
+        *qkv_do_strides,
         o.stride(0), o.stride(1), o.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
@@ -360,10 +358,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     _dkdv_kernel[launch_grid(dkdv_programs, B * Hkv, cols_fast)](
         q, k, v, do, lse, delta, dk, dv,
         plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order, plan.perm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
+        *qkv_do_strides,
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         Hq, Hkv, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_n"],
