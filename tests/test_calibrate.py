@@ -100,11 +100,16 @@ def test_profiles_measured_in_parts_merge(tmp_path):
         (["--refit", "missing.json"], "--refit: cannot read missing.json"),
         (["--refit", "bad.json"], "--refit: bad.json is not a profile with its measurements"),
         (["--refit", "nosamples.json"], "kernels[0] records no measurements to fit"),
+        (["--refit", "badreorder.json"], "reorder[0]: every measurement must hold 'fwd': [plain_ms, reordered_ms], plain > 0"),
+        (["--device", "cpu", "--quick", "-o", "x.json", "--only", "gather"], "choose from kernels, reorder, sdpa"),
     ],
 )
 def test_calibrate_usage_errors(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.json").write_text('{"schema": "maskc-profile/3"}')
     (tmp_path / "nosamples.json").write_text(json.dumps(make_profile()))
+    bad_reorder = {**make_profile(), "kernels": [], "sdpa": []}
+    bad_reorder["reorder"] = [{**bad_reorder["reorder"][0], "samples": [{"fwd": [0.0, 1.0], "bwd": [1.0, 1.0]}]}]
+    (tmp_path / "badreorder.json").write_text(json.dumps(bad_reorder))
     result = CliRunner().invoke(cli, ["calibrate", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

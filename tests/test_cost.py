@@ -93,6 +93,9 @@ def test_predictions_follow_the_model():
     assert bigger.fwd_ms > plain.fwd_ms
     with pytest.raises(cost.ProfileError, match="no block_sparse fwd constants .* head dim 64, bf16"):
         cost.predict(profile, cost.Candidate("block_sparse", (64, 64)), work, cost.Workload(head_dim=64))
+    no_factors = cost.parse_profile({**make_profile(), "reorder": []})
+    with pytest.raises(cost.ProfileError, match="no reordering factors for 64x64 tiles, head dim 128, bf16"):
+        cost.predict(no_factors, cost.Candidate("block_sparse", (64, 64), True), work, workload)
 
 
 def test_profiles_load_by_path_and_refuse_clearly(tmp_path, monkeypatch):
@@ -108,6 +111,11 @@ def test_profiles_load_by_path_and_refuse_clearly(tmp_path, monkeypatch):
     bad["kernels"][0]["lists"] = [{**bad["kernels"][0]["lists"][0], "full_tile_ms": -1}]
     path.write_text(json.dumps(bad))
     with pytest.raises(cost.ProfileError, match=r"kernels\[0\] lists\[0\]: full_tile_ms must be a finite number >= 0"):
+        cost.load_profile(path)
+    bad = make_profile()
+    bad["reorder"][0]["bwd_factor"] = 0
+    path.write_text(json.dumps(bad))
+    with pytest.raises(cost.ProfileError, match=r"reorder\[0\]: field 'bwd_factor' must be positive"):
         cost.load_profile(path)
     path.write_text("{")
     with pytest.raises(cost.ProfileError, match="not a JSON profile"):
