@@ -67,12 +67,14 @@ class LoadedPlan:
         """Masked attention ``softmax(q kᵀ · scale + mask) v`` for ``[B, H, N, D]`` tensors, with autograd.
 
         ``k``/``v`` may have fewer heads than ``q`` (GQA/MQA: ``Hq`` a multiple of ``Hkv``). ``scale``
-        defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference
+        (positive) defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference
         backend elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give zeros.
         """
         self._check(q, k, v)
         impl = _backend(backend, q)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
         dplan = self.on(q.device)
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")

@@ -19,6 +19,7 @@ import torch
 
 import maskc
 from maskc.bench import build_mask
+from maskc.runtime import load_plan
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.kernels import backward, common, config, forward
 from maskc.runtime.kernels.selfcheck import causal, dense_reference, documents, patch_interpreter_bf16_dot, sliding_window
@@ -377,6 +378,17 @@ def test_sub_steps_mixed_tiles():
         run(mask, block=(64, 128), D=32, Hq=2, Hkv=1, seed=20)
     with config.override(fwd_sub_n=64, dq_sub_n=32, dkdv_sub_m=64, dkdv_keys=64):
         run(mask, block=(128, 64), D=32, Hq=2, Hkv=1, seed=20)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, math.inf, math.nan])
+def test_rejects_a_scale_that_is_not_positive(scale):
+    """The forward takes the running max before scaling; a scale <= 0 is refused, not mis-computed."""
+    plan = maskc.compile(causal(64, 64), block=(32, 32), variant="block_sparse")
+    q = torch.randn(1, 2, 64, 32)
+    with pytest.raises(ValueError, match="scale"):
+        forward(q, q, q, DevicePlan.from_plan(plan), scale)
+    with pytest.raises(ValueError, match="scale"):
+        load_plan(plan).attention(q, q, q, scale=scale)
 
 
 def test_backward_deterministic():

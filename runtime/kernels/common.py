@@ -25,6 +25,7 @@ Index conventions used by every kernel in this package
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -286,3 +287,9 @@ def check_steps(entries: int, steps: int) -> None:
     """The tile loops count ``entry * steps`` in int32; refuse plans that would overflow it."""
     if entries * steps >= 2**31:
         raise ValueError(f"plan has {entries} tile entries; with {steps} sub-steps per tile the int32 loop counter would overflow")
+
+
+def check_scale(scale: float) -> None:
+    """The forward takes each row's running max before scaling, which needs ``scale > 0``."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"softmax scale must be a positive finite number, got {scale}")

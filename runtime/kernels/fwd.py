@@ -17,7 +17,7 @@ import triton.language as tl
 
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
-    LN2, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
+    LN2, LOG2E_F, check_inputs, check_scale, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
     heads_fast, launch_grid, perm_rows, program_ids, row_program, seq_ptrs, tile_bits,
 )
 
@@ -51,7 +51,7 @@ def _fwd_tiles(
         key_rows = perm_rows(perm, start_n, offs_j, key_ok, GATHER)
         kT_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER, True)  # K^T [D, SUB_N]
         kT = load_tile(kT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)
-        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # base-2 scaled scores
+        qk = tl.dot(q, kT, input_precision=DOT_PRECISION)  # unscaled scores
         if MASKED:
             if INTERVALS:
                 # key column j hides query rows [LTS_j, LTE_j) and [UTS_j, UTE_j)
@@ -61,14 +61,16 @@ def _fwd_tiles(
                 # bit (col0 + j) % 32 of word (col0 + j) // 32 of tile row i
                 tile_words = bitmaps + tl.load(tiles + entry).to(tl.int64) * (BLOCK_M * WORDS)
                 visible = tile_bits(tile_words, offs_m_tile[:, None], offs_j[None, :], col0, SUB_N, WORDS)
-            s = tl.where(visible, s, float("-inf"))
+            qk = tl.where(visible, qk, float("-inf"))
         if not EVEN_N:
             # keys past the end exist only in the last tile column; a full tile may still reach past Nk
-            s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+            qk = tl.where(key_ok[None, :], qk, float("-inf"))
+        # The running max in base-2 scaled units, taken before scaling (qk_scale > 0): the scale then
+        # folds into the exponent's multiply-add instead of costing a multiply per score.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # A row with no visible key so far keeps m = -inf; subtract 0 instead so no (-inf) - (-inf) NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER, False)  # V [SUB_N, D]
@@ -157,6 +159,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, scale: floa
     log-sum-exp of the scaled scores, +inf for rows with no visible key (whose o rows are 0).
     """
     g = check_inputs(q, k, v, plan)
+    check_scale(scale)
     q, k, v = lastdim_contiguous(q), lastdim_contiguous(k), lastdim_contiguous(v)
     B, Hq, Nq, Nk, D = g["B"], g["Hq"], g["Nq"], g["Nk"], g["D"]
     cfg = _config.lookup(q.device, D, q.dtype, plan.block_m, plan.block_n)
