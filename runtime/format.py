@@ -76,13 +76,13 @@ class Plan:
     ``batch`` and ``heads`` are the mask's own (1 where it broadcasts). Slice ``s = b * heads + h``
     owns rows ``s * tiles_m + m`` of ``row_ptr``/``row_full`` and columns ``s * tiles_n + n`` of
     ``col_ptr``/``col_full``. Within a row, the first ``row_full`` entries are full tiles
-    (``row_tile == -1``); the rest are partial tiles. A ``"block_sparse"`` plan masks them with
-    ``bitmaps[row_tile]``; an ``"intervals"`` plan (partial tile id -2) with the rows of
-    ``intervals[s]``, whose four rows LTS, LTE, UTS, UTE give each key column's masked query rows
-    ``[LTS, LTE) ∪ [UTS, UTE)``. A ``"dense"`` or ``"dense_causal"`` plan is run by a dense library
-    kernel; its lists (derived, never stored) are those of the all-true or causal mask, with partial
-    tile id -2. ``hash_of`` says whether ``mask_sha256`` hashes the mask's bits or its canonical
-    interval vectors.
+    (``row_tile == -1``) in ascending column order; the rest are partial tiles; columns likewise.
+    A ``"block_sparse"`` plan masks them with ``bitmaps[row_tile]``; an ``"intervals"`` plan (partial
+    tile id -2) with the rows of ``intervals[s]``, whose four rows LTS, LTE, UTS, UTE give each key
+    column's masked query rows ``[LTS, LTE) ∪ [UTS, UTE)``. A ``"dense"`` or ``"dense_causal"`` plan
+    is run by a dense library kernel; its lists (derived, never stored) are those of the all-true or
+    causal mask, with partial tile id -2. ``hash_of`` says whether ``mask_sha256`` hashes the mask's
+    bits or its canonical interval vectors.
 
     ``arrays["perm"]`` (int32 ``[q_len]``, or ``[0]`` when absent) reorders the tokens: the lists,
     bitmaps and intervals describe the permuted mask ``M'[i, j] = M[perm[i], perm[j]]``, while
@@ -498,6 +498,11 @@ def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial:
     is_full = position < full[owner]
     if np.any(tile[is_full] != FULL_TILE) or np.any(tile[~is_full] < 0) or np.any(tile[~is_full] >= n_partial):
         raise PlanError(f"plan {prefix}_tile ids do not match full/partial entries or exceed {n_partial} bitmaps")
+    # Full entries ascend within their list: the kernels address a run of consecutive full tiles
+    # from its first tile alone.
+    follows = is_full[1:] & is_full[:-1] & (owner[1:] == owner[:-1])
+    if np.any(other[1:][follows] <= other[:-1][follows]):
+        raise PlanError(f"plan {prefix} lists must give their full tiles in ascending order")
     return owner // n_lists, owner % n_lists, other, tile
 
 

@@ -64,6 +64,20 @@ def test_row_lists_put_full_tiles_first():
         assert np.all(a["row_tile"][lo + nfull : hi] >= 0)
 
 
+def test_full_tiles_must_ascend_within_a_list():
+    """The kernels address a run of consecutive full tiles from its first: a list giving the same
+    full tiles out of order is refused, in rows and in columns."""
+    plan = _causal_plan()
+    for prefix, other in (("row", "row_col"), ("col", "col_row")):
+        a = plan.arrays
+        lo = int(a[f"{prefix}_ptr"][2])
+        assert a[f"{prefix}_full"][2] >= 2
+        swapped = a[other].copy()
+        swapped[[lo, lo + 1]] = swapped[[lo + 1, lo]]
+        with pytest.raises(PlanError, match=f"plan {prefix} lists must give their full tiles in ascending order"):
+            fmt.decode(fmt._pack(_with_array(plan, other, swapped)))
+
+
 def _causal_plan() -> fmt.Plan:
     return maskc.compile(np.tril(np.ones((300, 300), dtype=bool)), block=(64, 64))
 

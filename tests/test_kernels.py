@@ -391,6 +391,20 @@ def test_rejects_a_scale_that_is_not_positive(scale):
         load_plan(plan).attention(q, q, q, scale=scale)
 
 
+def test_full_tiles_in_one_run_or_scattered():
+    """Query tile rows whose full tiles are consecutive take the forward's run path; the others
+    read their list and skip the mask of their full tiles; both, and rows with no full tile, in
+    one plan."""
+    mask = rand_mask((192, 192), 0.5, 42)  # 32x32 tiles: partial everywhere ...
+    mask[:32, :96] = True  # ... tile row 0: full tiles 0, 1, 2 (a run)
+    mask[32:64, :32] = mask[32:64, 64:128] = True  # tile row 1: full tiles 0, 2, 3 (no run)
+    plan = maskc.compile(mask, block=(32, 32), variant="block_sparse", reorder="none")
+    a = plan.arrays
+    assert list(a["row_col"][: a["row_full"][0]]) == [0, 1, 2]
+    assert list(a["row_col"][a["row_ptr"][1] : a["row_ptr"][1] + a["row_full"][1]]) == [0, 2, 3]
+    run(mask, plan=plan, block=(32, 32), seed=42)
+
+
 def test_backward_deterministic():
     out = run(holes(causal(96, 96), 21), B=1, Hq=4, Hkv=2, block=(32, 32), seed=21)
     again = backward(*out["args"])

@@ -33,6 +33,7 @@ import triton.language as tl
 
 from maskc.runtime.kernels.config import TILE_SIZES, head_dim_bucket
 
+FULL_TILE = tl.constexpr(-1)  # a list entry's tile id when the tile is full (no bitmap, no mask)
 LOG2E_F = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)); host-side float
 # Kernels may only read globals that are tl.constexpr.
 LOG2E = tl.constexpr(LOG2E_F)
@@ -116,6 +117,19 @@ def _l2_bytes(device: torch.device) -> int:
 def launch_grid(tiles: int, heads: int, heads_fast: bool) -> tuple[int, int]:
     """The grid :func:`program_ids` reads, for ``tiles`` tile programs and ``heads`` = B·H."""
     return (heads, tiles) if heads_fast else (tiles, heads)
+
+
+@triton.jit
+def full_run(index, lo, n_full):
+    """Where a list's full entries ``[lo, lo + n_full)`` form one run of consecutive tiles (most
+    masks): the run's first tile and its length, ``n_full``; else length 0. Plans give full tiles
+    in ascending order (validated), so they are a run exactly when the last is ``n_full - 1`` past
+    the first. The forward addresses a run's tiles from its first instead of reading the list at
+    every step (a load each step waits on); full tiles outside a run go with the partial ones,
+    unmasked. (The backward kernels measured slower this way and read their lists throughout.)"""
+    first = tl.load(index + lo, mask=n_full > 0, other=0)
+    last = tl.load(index + lo + n_full - 1, mask=n_full > 0, other=-1)
+    return first, tl.where(last - first == n_full - 1, n_full, 0)
 
 
 @triton.jit

@@ -4,9 +4,11 @@ One program per (query tile, batch * query head) - or per ``ROWS``-row slice of 
 config splits tiles (wide heads). The program walks its query tile's row list from the plan: first
 the full tiles (no mask work at all), then the partial tiles, whose mask it rebuilds in registers
 from the packed bitmap (block-sparse plans) or from the key columns' row intervals (interval plans).
-The same inner loop runs both phases, specialised by the constexpr ``MASKED``. Online softmax in
-base 2 with fp32 accumulators; the natural-log log-sum-exp is saved for the backward. Rows with no
-visible key get o = 0 and lse = +inf.
+The same inner loop runs both phases, specialised by the constexpr ``MASKED``. The unmasked phase
+takes the full tiles when they form one run of consecutive key tiles (most masks), addressed from
+the run's first tile without reading the list; otherwise they go with the partial tiles, as all
+visible. Online softmax in base 2 with fp32 accumulators; the natural-log log-sum-exp is saved for
+the backward. Rows with no visible key get o = 0 and lse = +inf.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import triton.language as tl
 
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
-    LN2, LOG2E_F, check_inputs, check_scale, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
+    FULL_TILE, LN2, LOG2E_F, check_inputs, check_scale, check_steps, full_run, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
     heads_fast, launch_grid, perm_rows, program_ids, row_program, seq_ptrs, tile_bits,
 )
 
@@ -27,7 +29,7 @@ def _fwd_tiles(
     acc, l_i, m_i, q,
     K_head, V_head, stride_kn, stride_vn, perm,
     cols, tiles, bitmaps, slice_intervals,
-    lo, hi,  # entries [lo, hi) of the row list
+    lo, hi, first,  # entries [lo, hi) of the row list; unmasked, they are key tiles first, first + 1, ...
     Nk, qk_scale,
     offs_m_tile, offs_m, offs_d,  # query rows inside the tile (bitmap rows) and absolute; head dims
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, WORDS: tl.constexpr,
@@ -45,7 +47,10 @@ def _fwd_tiles(
     for it in range(lo * STEPS, hi * STEPS):
         entry = it // STEPS
         col0 = (it % STEPS) * SUB_N  # first key column of this step inside the tile
-        start_n = tl.load(cols + entry) * BLOCK_N + col0
+        if MASKED:
+            start_n = tl.load(cols + entry) * BLOCK_N + col0
+        else:
+            start_n = (first + entry - lo) * BLOCK_N + col0
         keys = start_n + offs_j
         key_ok = keys < Nk
         key_rows = perm_rows(perm, start_n, offs_j, key_ok, GATHER)
@@ -53,15 +58,17 @@ def _fwd_tiles(
         kT = load_tile(kT_ptrs, d_ok[:, None], key_ok[None, :], not EVEN_D, not EVEN_N)
         qk = tl.dot(q, kT, input_precision=DOT_PRECISION)  # unscaled scores
         if MASKED:
-            if INTERVALS:
-                # key column j hides query rows [LTS_j, LTE_j) and [UTS_j, UTE_j)
-                lts, lte, uts, ute = load_intervals(slice_intervals, keys, key_ok, Nk)
-                visible = interval_visible(offs_m[:, None], lts[None, :], lte[None, :], uts[None, :], ute[None, :])
-            else:
-                # bit (col0 + j) % 32 of word (col0 + j) // 32 of tile row i
-                tile_words = bitmaps + tl.load(tiles + entry).to(tl.int64) * (BLOCK_M * WORDS)
-                visible = tile_bits(tile_words, offs_m_tile[:, None], offs_j[None, :], col0, SUB_N, WORDS)
-            qk = tl.where(visible, qk, float("-inf"))
+            tile = tl.load(tiles + entry)
+            if tile != FULL_TILE:  # a full tile outside the run needs no mask
+                if INTERVALS:
+                    # key column j hides query rows [LTS_j, LTE_j) and [UTS_j, UTE_j)
+                    lts, lte, uts, ute = load_intervals(slice_intervals, keys, key_ok, Nk)
+                    visible = interval_visible(offs_m[:, None], lts[None, :], lte[None, :], uts[None, :], ute[None, :])
+                else:
+                    # bit (col0 + j) % 32 of word (col0 + j) // 32 of tile row i
+                    tile_words = bitmaps + tile.to(tl.int64) * (BLOCK_M * WORDS)
+                    visible = tile_bits(tile_words, offs_m_tile[:, None], offs_j[None, :], col0, SUB_N, WORDS)
+                qk = tl.where(visible, qk, float("-inf"))
         if not EVEN_N:
             # keys past the end exist only in the last tile column; a full tile may still reach past Nk
             qk = tl.where(key_ok[None, :], qk, float("-inf"))
@@ -123,16 +130,17 @@ def _fwd_kernel(
     l_i = tl.zeros([ROWS], dtype=tl.float32)
     acc = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
 
-    # Phase 1: full tiles, no mask.
+    # Phase 1: the full tiles if they are one run of key tiles, no mask.
+    first, n_run = full_run(row_col, lo, n_full)
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
-        lo, lo + n_full, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
+        lo, lo + n_run, first, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
         BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, False, INTERVALS, GATHER, DOT_PRECISION,
     )
-    # Phase 2: partial tiles, mask rebuilt in registers.
+    # Phase 2: the other tiles, mask rebuilt in registers.
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
-        lo + n_full, hi, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
+        lo + n_run, hi, first, Nk, qk_scale, offs_m_tile, offs_m, offs_d,
         BLOCK_M, BLOCK_N, SUB_N, WORDS, HEAD_DIM, EVEN_N, EVEN_D, True, INTERVALS, GATHER, DOT_PRECISION,
     )
 
