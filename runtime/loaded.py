@@ -67,8 +67,9 @@ class LoadedPlan:
         """Masked attention ``softmax(q kᵀ · scale + mask) v`` for ``[B, H, N, D]`` tensors, with autograd.
 
         ``k``/``v`` may have fewer heads than ``q`` (GQA/MQA: ``Hq`` a multiple of ``Hkv``). ``scale``
-        (positive) defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference
-        backend elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give zeros.
+        (positive) defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the
+        reference backend elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give
+        zeros.
         """
         self._check(q, k, v)
         impl = _backend(backend, q)
