@@ -56,8 +56,9 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     """Measure this device's cost-model constants and write its profile (JSON).
 
     Times synthetic plans (full and partial tiles per list, balanced and unbalanced), reordered
-    plans against the same lists without their permutation, and dense SDPA, forward and backward, and fits the constants of maskc's cost
-    model by least squares. The profile records the device, versions, date and fit residuals.
+    plans against the same lists without their permutation, and dense SDPA, forward and backward,
+    and fits the constants of maskc's cost model by least squares. The profile records the device,
+    versions, date and fit residuals.
     """
     from maskc.calibrate import CalibrateConfig, merge_profiles
     from maskc.calibrate import calibrate as run
