@@ -46,6 +46,9 @@ class DevicePlan:
     describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The
     kernels take q, k, v in the caller's order and read and write every row through ``perm``; the
     reference backend gathers into plan order and back.
+
+    ``pieces``: the plan's dense pieces ``(q0, q1, k0, k1, causal)`` as host integers (they slice the
+    inputs), empty when the backward runs through the tile lists (``maskc.runtime.pieces``).
     """
 
     q_len: int
@@ -73,6 +76,7 @@ class DevicePlan:
     rows_shared: bool = False
     cols_unbalanced: bool = False
     cols_shared: bool = False
+    pieces: tuple[tuple[int, int, int, int, bool], ...] = ()
 
     @property
     def tiles_m(self) -> int:
@@ -114,6 +118,7 @@ class DevicePlan:
             perm=to_device(perm),
             perm_inverse=to_device(inverse_permutation(perm)),
             rows_unbalanced=rows[0], rows_shared=rows[1], cols_unbalanced=cols[0], cols_shared=cols[1],
+            pieces=tuple((int(q0), int(q1), int(k0), int(k1), bool(c)) for q0, q1, k0, k1, c in plan.arrays["pieces"]),
             **tensors,
         )
 

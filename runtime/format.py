@@ -12,7 +12,9 @@ variants (``"dense"``: an all-true mask, ``"dense_causal"``: exactly causal; the
 to a dense library kernel and they store no lists), an optional token permutation (``perm``: the
 lists describe the mask with its tokens reordered, and every reader that rebuilds the mask undoes
 it), the optional launch orders ``row_order``/``col_order``, and the compiler's ``predictions``.
-Version 1 and 2 files still load.
+Version 4 adds the optional dense ``pieces``: the mask as a few all-visible or causal rectangles,
+through which the runtime runs the backward with a dense attention kernel. Versions 1 to 3 still
+load.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from maskc.runtime import intervals as iv_form
 from maskc.runtime.intervals import FULL_TILE, LIST_ARRAYS
 
 MAGIC = b"MASKCPLN"
-VERSION = 3
+VERSION = 4
 _PREAMBLE = struct.Struct("<8sI32s")  # magic, format version, sha256(body)
 MAX_DIM = 2**31 - 1  # kernels index with int32 offsets
 VARIANTS = ("block_sparse", "intervals", "dense", "dense_causal")
@@ -54,9 +56,13 @@ ARRAY_SPECS: dict[str, tuple[str, int]] = {
     "perm": ("<i4", 1),
     "row_order": ("<i4", 1),
     "col_order": ("<i4", 1),
+    "pieces": ("<i4", 2),
 }
 ORDER_ARRAYS = ("perm", "row_order", "col_order")  # version 3; shape [0] means absent (identity)
-V2_ARRAYS = tuple(name for name in ARRAY_SPECS if name not in ORDER_ARRAYS)
+PIECE_FIELDS = ("q0", "q1", "k0", "k1", "causal")  # one row of ``pieces`` (version 4; [0, 5] means none)
+MAX_PIECES = 16
+V3_ARRAYS = tuple(name for name in ARRAY_SPECS if name != "pieces")
+V2_ARRAYS = tuple(name for name in V3_ARRAYS if name not in ORDER_ARRAYS)
 V1_ARRAYS = tuple(name for name in V2_ARRAYS if name != "intervals")
 MAX_PREDICTION_DEPTH = 8  # meta.predictions is plain nested data, at most this deep
 META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
@@ -91,6 +97,12 @@ class Plan:
     (``[slices * tiles_n]``), when not ``[0]``, give per slice the order in which to launch the
     query-tile rows and key-tile columns (heaviest first); absent means ascending.
     ``predictions`` is the cost model's record of the candidates it compared (plain data).
+
+    ``arrays["pieces"]`` (int32 ``[n, 5]``, or ``[0, 5]`` when absent) is the mask as ``n`` disjoint
+    dense pieces, rows ``(q0, q1, k0, k1, causal)``: queries ``[q0, q1)`` see keys ``[k0, k1)``, all of
+    them or (``causal``, a square) key ``k0 + t`` from query ``q0 + t`` on. A plan with pieces runs its
+    backward through them with a dense attention kernel where one is available (``maskc.pieces``).
+    Only a one-slice tile plan in token order carries them.
     """
 
     q_len: int
@@ -111,6 +123,8 @@ class Plan:
         for name in ORDER_ARRAYS:  # optional in memory: absent means identity
             if name not in self.arrays:
                 self.arrays = {**self.arrays, name: np.zeros(0, dtype="<i4")}
+        if "pieces" not in self.arrays:
+            self.arrays = {**self.arrays, "pieces": np.zeros((0, len(PIECE_FIELDS)), dtype="<i4")}
 
     @property
     def slices(self) -> int:
@@ -272,7 +286,7 @@ def _plan_from_body(body, version: int) -> Plan:
     ints = {k: _field(meta, k, int, "meta.") for k in META_INTS}
     hash_of = _field(meta, "hash_of", str, "meta.") if version >= 2 else "bits"
     raw_arrays = _field(body, "arrays", dict, "")
-    names = ARRAY_SPECS if version >= 3 else V2_ARRAYS if version == 2 else V1_ARRAYS
+    names = ARRAY_SPECS if version >= 4 else V3_ARRAYS if version == 3 else V2_ARRAYS if version == 2 else V1_ARRAYS
     arrays = {}
     for name in names:
         dtype, ndim = ARRAY_SPECS[name]
@@ -338,6 +352,7 @@ def validate(plan: Plan) -> None:
     """Check every dimension and index of a plan; raise PlanError naming the first fault."""
     _check_header(plan)
     _check_orders(plan)
+    _check_pieces(plan)
     if plan.predictions is not None:
         if not isinstance(plan.predictions, dict):
             raise PlanError("plan predictions must be a map")
@@ -382,6 +397,38 @@ def _check_orders(plan: Plan) -> None:
             raise PlanError(f"a {plan.variant} plan runs no tile kernel: it stores no {name}")
         if order.size:
             _check_permutation(order, per_slice, plan.slices, name)
+
+
+def _check_pieces(plan: Plan) -> None:
+    """``pieces`` is absent or at most :data:`MAX_PIECES` in-bounds, causal-square, pairwise disjoint
+    rectangles of a one-slice tile plan in token order that hold exactly its visible pairs."""
+    pieces = plan.arrays["pieces"]
+    if pieces.shape[1:] != (len(PIECE_FIELDS),):
+        raise PlanError(f"plan pieces has shape {list(pieces.shape)}, expected [n, {len(PIECE_FIELDS)}]")
+    if pieces.shape[0] == 0:
+        return
+    if plan.variant not in ("block_sparse", "intervals") or plan.slices != 1 or plan.reordered:
+        raise PlanError(f"only a one-slice block_sparse or intervals plan in token order may carry pieces; this is a {plan.variant} plan of {plan.slices} slices{', reordered' if plan.reordered else ''}")
+    if pieces.shape[0] > MAX_PIECES:
+        raise PlanError(f"plan has {pieces.shape[0]} pieces; at most {MAX_PIECES} are allowed")
+    q0, q1, k0, k1, causal = (pieces[:, i].astype(np.int64) for i in range(len(PIECE_FIELDS)))
+    if np.any(q0 < 0) or np.any(q1 > plan.q_len) or np.any(q0 >= q1) or np.any(k0 < 0) or np.any(k1 > plan.kv_len) or np.any(k0 >= k1):
+        raise PlanError(f"plan pieces must satisfy 0 <= q0 < q1 <= q_len={plan.q_len} and 0 <= k0 < k1 <= kv_len={plan.kv_len}")
+    if np.any((causal != 0) & (causal != 1)) or np.any((causal == 1) & (q1 - q0 != k1 - k0)):
+        raise PlanError("plan pieces' causal flag must be 0 or 1, and a causal piece must be square")
+    apart = (q1[:, None] <= q0[None, :]) | (q1[None, :] <= q0[:, None]) | (k1[:, None] <= k0[None, :]) | (k1[None, :] <= k0[:, None])
+    if not np.all(apart | np.eye(len(q0), dtype=bool)):
+        raise PlanError("plan pieces overlap: their rectangles must be disjoint")
+    pairs = int(piece_pairs(pieces).sum())
+    if pairs != plan.visible_pairs:
+        raise PlanError(f"plan pieces hold {pairs} pairs but the plan's mask has visible_pairs={plan.visible_pairs}")
+
+
+def piece_pairs(pieces: np.ndarray) -> np.ndarray:
+    """The visible pairs of each dense piece (``[n, 5]`` rows of :data:`PIECE_FIELDS`), int64."""
+    rows = pieces[:, 1].astype(np.int64) - pieces[:, 0]
+    keys = pieces[:, 3].astype(np.int64) - pieces[:, 2]
+    return np.where(pieces[:, 4] == 1, rows * (rows + 1) // 2, rows * keys)
 
 
 def _check_permutation(values: np.ndarray, n: int, groups: int, name: str) -> None:
@@ -475,6 +522,7 @@ def _derive_lists(plan: Plan) -> None:
         raise PlanError(f"plan stores {stored[0]} but not row_ptr: an {plan.variant} plan stores all eight lists or none")
     plan.arrays.update(_interval_lists(plan))
     _check_interval_pairs(plan)
+    _check_pieces(plan)
 
 
 def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial: int):

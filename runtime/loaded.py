@@ -3,12 +3,14 @@
 A plan is decoded and validated once, moved to a device once, and each call only checks shapes and
 launches the backend, forward and backward (through autograd). Nothing is analysed per step.
 
-Two kinds of plan take another route. A ``"dense"`` or ``"dense_causal"`` plan (an all-true or
+Three kinds of plan take another route. A ``"dense"`` or ``"dense_causal"`` plan (an all-true or
 exactly causal mask) calls ``torch.nn.functional.scaled_dot_product_attention`` with no mask or
 ``is_causal=True``, cuDNN first on a GPU (the fastest dense kernel there); it does so whatever the
 backend, CPU included. A reordered plan is run by the backend itself: the kernels read and write
 the caller's tensors through the plan's permutation, so callers never see the reordering and no
-gathered copy is made.
+gathered copy is made. A plan with dense pieces runs its forward in the tile kernels and its
+backward through the pieces with cuDNN's attention backward (``maskc.runtime.pieces``), where the
+inputs allow (half precision, as many key/value heads as query heads), else in the tile kernels.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from maskc.runtime import format as plan_format
+from maskc.runtime import pieces as dense_pieces
 from maskc.runtime import reference
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.format import DENSE_VARIANTS, Plan, PlanError
@@ -32,17 +35,20 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, dplan, scale, backend):
+    def forward(ctx, q, k, v, dplan, scale, backend, pieces):
         o, lse = backend.forward(q, k, v, dplan, scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.dplan, ctx.scale, ctx.backend = dplan, scale, backend
+        ctx.dplan, ctx.scale, ctx.backend, ctx.pieces = dplan, scale, backend, pieces
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.backend.backward(do.contiguous(), q, k, v, o, lse, ctx.dplan, ctx.scale)
-        return dq, dk, dv, None, None, None
+        if ctx.pieces:
+            dq, dk, dv = dense_pieces.backward(do.contiguous(), q, k, v, o, lse, ctx.pieces, ctx.scale)
+        else:
+            dq, dk, dv = ctx.backend.backward(do.contiguous(), q, k, v, o, lse, ctx.dplan, ctx.scale)
+        return dq, dk, dv, None, None, None, None
 
 
 class LoadedPlan:
@@ -79,7 +85,9 @@ class LoadedPlan:
         dplan = self.on(q.device)
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
-        return _Attention.apply(q, k, v, dplan, scale, impl)
+        # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
+        pieces = dplan.pieces if impl is not reference and dense_pieces.supported(q, k) else ()
+        return _Attention.apply(q, k, v, dplan, scale, impl, pieces)
 
     __call__ = attention
 

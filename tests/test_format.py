@@ -309,14 +309,16 @@ def test_block_sparse_plans_carry_no_intervals():
 
 
 def _old_bytes(plan: fmt.Plan, version: int) -> bytes:
-    """A plan as format version 1 or 2 wrote it: no v3 arrays and no meta.reordered; version 1 also
-    no intervals array and no hash_of."""
+    """A plan as format version 1, 2 or 3 wrote it: no pieces; before version 3 no v3 arrays and no
+    meta.reordered; version 1 also no intervals array and no hash_of."""
     import hashlib
 
     body = _body(plan)
-    for name in fmt.ORDER_ARRAYS:
-        del body["arrays"][name]
-    del body["meta"]["reordered"]
+    del body["arrays"]["pieces"]
+    if version < 3:
+        for name in fmt.ORDER_ARRAYS:
+            del body["arrays"][name]
+        del body["meta"]["reordered"]
     if version == 1:
         del body["arrays"]["intervals"], body["meta"]["hash_of"]
     payload = msgpack.packb(body, use_bin_type=True)
@@ -327,9 +329,9 @@ def _unscheduled(plan: fmt.Plan) -> fmt.Plan:
     return dataclasses.replace(plan, arrays={k: v for k, v in plan.arrays.items() if k not in fmt.ORDER_ARRAYS})
 
 
-def test_version_1_and_2_files_still_load():
+def test_version_1_2_and_3_files_still_load():
     plan = _unscheduled(_causal_plan())
-    for version in (1, 2):
+    for version in (1, 2, 3):
         back = fmt.decode(_old_bytes(plan, version))
         assert back.variant == "block_sparse" and back.hash_of == "bits" and back.to_bytes() == plan.to_bytes()
         assert not back.reordered and all(back.arrays[name].size == 0 for name in fmt.ORDER_ARRAYS)

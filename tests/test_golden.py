@@ -25,6 +25,15 @@ def test_every_variant_has_golden_plans():
     v3 = [e for e in MANIFEST if e["file"].startswith("v3-")]
     assert {e["variant"] for e in v3} == {"block_sparse", "intervals", "dense", "dense_causal"}
     assert any(e.get("reordered") for e in v3) and any(e["file"].endswith("-auto.plan") for e in v3)
+    v4 = [e for e in MANIFEST if e["file"].startswith("v4-")]
+    assert {e["variant"] for e in v4} == {"block_sparse", "intervals", "dense", "dense_causal"}
+
+
+def test_version_4_golden_plans_carry_their_pieces():
+    for name, variant in (("v4-prefix_lm-pieces.plan", "block_sparse"), ("v4-shared_question-intervals-pieces.plan", "intervals")):
+        plan = load(GOLDEN / name)
+        assert plan.variant == variant and plan.arrays["pieces"].shape[0] >= 2
+    assert load(GOLDEN / "v4-prefix_lm.plan").arrays["pieces"].shape == (0, 5)
 
 
 def test_version_3_golden_plans_carry_their_new_fields():

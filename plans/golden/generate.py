@@ -8,6 +8,7 @@ format version, never to rewrite old ones. From version 2 on, each case is writt
 variant it fits: ``v2-KIND.plan`` (block-sparse) and ``v2-KIND-intervals.plan``. From version 3 on,
 the extra cases add the dense variants, a reordered plan and a plan compiled with ``block="auto"``
 (without a profile, so its predictions record only why there are none): ``v3-KIND-SUFFIX.plan``.
+From version 4 on, plans with dense pieces too.
 """
 
 import json
@@ -36,6 +37,11 @@ EXTRA_CASES = [
     ("hash_buckets", {"n": 256, "buckets": 4, "causal": True, "seed": 1}, [32, 32], {"reorder": "rcm"}, "rcm"),
     ("documents", {"lengths": [100, 37, 200, 63], "causal": True}, "auto", {"profile": "none"}, "auto"),
 ]
+# from version 4: plans whose backward runs through their dense pieces
+PIECES_CASES = [
+    ("prefix_lm", {"n": 257, "prefix": 90}, [64, 64], {"backward": "pieces"}, "pieces"),
+    ("shared_question", {"question": 40, "answers": [30, 50, 21]}, [32, 32], {"variant": "intervals", "backward": "pieces"}, "intervals-pieces"),
+]
 
 
 def main() -> None:
@@ -54,7 +60,7 @@ def main() -> None:
             plan.save(HERE / name)
             manifest.append({"file": name, "kind": kind, "args": args, "block": block, "variant": variant,
                              "hash_of": plan.hash_of, "mask_sha256": plan.mask_sha256})
-    for kind, args, block, options, suffix in EXTRA_CASES if VERSION >= 3 else []:
+    for kind, args, block, options, suffix in (EXTRA_CASES if VERSION >= 3 else []) + (PIECES_CASES if VERSION >= 4 else []):
         name = f"v{VERSION}-{kind}-{suffix}.plan"
         if name in known:
             continue
