@@ -45,8 +45,8 @@ def _csv(kind, allowed=None):
               help="Tile kernels to measure.  [default: block_sparse, and intervals when the backend runs it]")
 @click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="maskc backend: auto = Triton on CUDA, the reference backend on a CPU.")
-@click.option("--only", "parts", callback=_csv(str, ("kernels", "reorder", "sdpa")),
-              help="Measure only these parts: kernels, reorder, sdpa (with --merge, keep the rest of the output profile).  [default: all]")
+@click.option("--only", "parts", callback=_csv(str, ("kernels", "reorder", "sdpa", "pieces")),
+              help="Measure only these parts: kernels, reorder, sdpa, pieces (with --merge, keep the rest of the output profile).  [default: all]")
 @click.option("--merge", is_flag=True, help="Keep the entries of an existing output profile that this run does not measure again.")
 @click.option("--refit", type=click.Path(dir_okay=False, path_type=Path),
               help="Measure nothing: fit the constants of this profile again to the measurements it records (no GPU needed).")
@@ -56,9 +56,9 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     """Measure this device's cost-model constants and write its profile (JSON).
 
     Times synthetic plans (full and partial tiles per list, balanced and unbalanced), reordered
-    plans against the same lists without their permutation, and dense SDPA, forward and backward,
-    and fits the constants of maskc's cost model by least squares. The profile records the device,
-    versions, date and fit residuals.
+    plans against the same lists without their permutation, dense SDPA, forward and backward, and
+    the backward through dense pieces, and fits the constants of maskc's cost model by least
+    squares. The profile records the device, versions, date and fit residuals.
     """
     from maskc.calibrate import CalibrateConfig, merge_profiles
     from maskc.calibrate import calibrate as run

@@ -69,14 +69,17 @@ def cli() -> None:
               help="Renumber the tokens by Reverse Cuthill-McKee: rcm always, auto when the cost model says it pays.")
 @click.option("--schedule", type=click.Choice(["lpt", "none"]), default="lpt", show_default=True,
               help="Record the launch order of tile rows and columns, heaviest first (lpt), or not.")
+@click.option("--backward", type=click.Choice(["auto", "tiles", "pieces"]), default="auto", show_default=True,
+              help="Run the backward through the mask's dense pieces (at most 16 all-visible or causal rectangles) with cuDNN, "
+                   "through the tile kernels, or as the cost model predicts faster.")
 @click.option("--profile", "profile_name", help="Cost-model profile: a GPU name, a JSON path, or none.  [default: $MASKC_PROFILE, else the shipped H100 profile]")
 @click.option("--workload", help="The call the predictions are for, e.g. batch=1,heads=16,kv_heads=4,head_dim=128,dtype=bf16.  [default: B=1 H=16 D=128 bf16]")
 @click.option("--flashmask", type=click.Choice(["causal", "bidirectional"]),
               help="MASK is a FlashMask startend_row_indices .npy ([B, H, Nk, 1|2|4]) with this causal flag.")
 @click.option("--cache/--no-cache", default=True, show_default=True, help="Reuse a plan compiled before for the same mask and options.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str, schedule: str, profile_name: str | None,
-                workload: str | None, flashmask: str | None, cache: bool, quiet: bool) -> None:
+def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str, schedule: str, backward: str,
+                profile_name: str | None, workload: str | None, flashmask: str | None, cache: bool, quiet: bool) -> None:
     """Compile MASK into a plan file.
 
     MASK is a dense .npy, a scipy.sparse .npz, or a .json mask spec such as
@@ -94,7 +97,7 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
         source = load_startend_row_indices(mask, causal=flashmask == "causal")
     else:
         source = open_mask(mask)
-    options = dict(block=parse_block_option(block), variant=variant, reorder=reorder, schedule=schedule, profile=profile_name,
+    options = dict(block=parse_block_option(block), variant=variant, reorder=reorder, schedule=schedule, backward=backward, profile=profile_name,
                    workload=Workload.parse(workload) if workload else None)
     if output.parent and not output.parent.is_dir():
         raise UserError(f"output directory does not exist: {output.parent}")
@@ -111,7 +114,8 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
         click.echo(
             f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {plan.block_m}x{plan.block_n} tiles, {c['tiles_full']} full + {c['tiles_partial']} partial "
             f"of {c['tiles_total']} ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
-            f"{plan.variant}{', reordered' if plan.reordered else ''}, {_bytes(size)}{' (from cache)' if hit else ''}"
+            f"{plan.variant}{', reordered' if plan.reordered else ''}{', backward through dense pieces' if plan.arrays['pieces'].size else ''}, "
+            f"{_bytes(size)}{' (from cache)' if hit else ''}"
             + (f"; predicted {chosen}" if chosen else "")
         )
 
@@ -276,6 +280,7 @@ def summary(plan: Plan, plan_bytes: int) -> dict:
         "perm": {"length": plan.q_len, **reorder} if plan.reordered else None,
         "row_order": bool(plan.arrays["row_order"].size),
         "col_order": bool(plan.arrays["col_order"].size),
+        "pieces": plan.arrays["pieces"].tolist(),
         "predictions": plan.predictions,
         "mask_sha256": plan.mask_sha256,
         "hash_of": plan.hash_of,
@@ -292,6 +297,9 @@ def _human(path: Path, i: dict) -> str:
         f"work left   {i['work_fraction']:.2%} of the dense tiles are visited",
         f"variant     {i['variant']}" + (" (run by SDPA)" if i["variant"] in ("dense", "dense_causal") else ""),
     ]
+    if i["pieces"]:
+        shown = ", ".join(f"{'causal ' if c else ''}[{q0}:{q1}, {k0}:{k1}]" for q0, q1, k0, k1, c in i["pieces"])
+        lines.append(f"backward    through {len(i['pieces'])} dense pieces (queries, keys): {shown}")
     perm = i["perm"]
     if perm is not None:
         detail = ""

@@ -865,7 +865,8 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
                                            "predicted": _predicted(profile, candidate, work, workload)})
         try:
             if this is None:  # another candidate: compiled as told, no model
-                this = compile_mask(case.source, block=candidate.block, variant=candidate.variant, reorder="rcm" if candidate.reordered else "none")
+                this = compile_mask(case.source, block=candidate.block, variant=candidate.variant, reorder="rcm" if candidate.reordered else "none",
+                                    backward="pieces" if candidate.pieces else "tiles")
             _time_plan(row, this, inputs, cfg, device, flops, ref, rows)
         except ContextLost:
             raise

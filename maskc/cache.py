@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from maskc import cost
-from maskc.compiler import AUTO, COMPILER_REVISION, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
+from maskc.compiler import AUTO, BACKWARDS, COMPILER_REVISION, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
 from maskc.runtime.format import VERSION, Plan, PlanError, load
 from maskc.sources import open_mask
 
@@ -91,13 +91,15 @@ class PlanCache:
         profile: Any = None,
         workload: cost.Workload | None = None,
         objective: str = "fwd_bwd",
+        backward: str = "auto",
     ) -> tuple[Plan, bool]:
         """The plan for ``mask`` and whether it came from the cache; compiled and stored on a miss.
         The arguments are :func:`maskc.compile`'s."""
         source = open_mask(mask)
         block = parse_block_option(block)
         variant = check_variant(variant)
-        options: dict[str, Any] = {"reorder": check_option(reorder, REORDERS, "reorder"), "schedule": check_option(schedule, SCHEDULES, "schedule")}
+        options: dict[str, Any] = {"reorder": check_option(reorder, REORDERS, "reorder"), "schedule": check_option(schedule, SCHEDULES, "schedule"),
+                                   "backward": check_option(backward, BACKWARDS, "backward")}
         if block == AUTO:
             model = cost.resolve_profile(profile)
             workload = workload or cost.Workload()
@@ -109,7 +111,7 @@ class PlanCache:
         if plan is not None:
             return plan, True
         plan = compile(source, block=block, progress=progress, variant=variant, reorder=reorder, schedule=schedule,
-                       profile=profile, workload=workload, objective=objective)
+                       profile=profile, workload=workload, objective=objective, backward=backward)
         self.put(key, plan)
         return plan, False
 

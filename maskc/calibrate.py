@@ -13,8 +13,10 @@ benchmark's) add the loads of real masks, whose key tiles many query rows share.
 is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
 times reordered plans of scattered masks (hash buckets, a permuted band, a token tree) against
 the same lists run without their permutation, whose ratio is the reordering factor of each pass,
-and SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``.
-``parts`` measures only some of the three (``--only``; ``--merge`` keeps the rest of a profile).
+SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``, and
+the backward of plans that run it through their dense pieces (prefix-LM, shared-question masks and
+equal documents), fitted as a cost per piece plus one per causal and per full pair.
+``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a profile).
 
 The synthetic masks are built from column intervals — each key column visible on one run of query
 rows — so an interval plan needs no row of them, and the block-sparse plan is converted from it
@@ -32,7 +34,7 @@ import functools
 import json
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -47,7 +49,7 @@ from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-PARTS = ("kernels", "reorder", "sdpa")
+PARTS = ("kernels", "reorder", "sdpa", "pieces")
 REORDER_MASKS = ("hash_buckets", "permuted_band", "token_tree")  # maskc.bench's scattered masks
 
 
@@ -62,7 +64,7 @@ class CalibrateConfig:
     blocks: tuple[int, ...] = (64, 128)
     kernels: tuple[str, ...] | None = None  # None: block_sparse, and intervals where the backend runs it
     backend: str = "auto"
-    parts: tuple[str, ...] = PARTS  # what to measure: tile kernels, reordering factors, dense SDPA
+    parts: tuple[str, ...] = PARTS  # what to measure: tile kernels, reordering factors, dense SDPA, dense pieces
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
 
@@ -362,6 +364,30 @@ def _sdpa_samples(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tup
     return out
 
 
+def _pieces_samples(dev: _Device, d: int, dtype: str) -> list[list[float]]:
+    """The backward alone of plans whose backward runs through dense pieces, ``[pieces, causal
+    pairs, full pairs, ms]`` with pairs over all heads: prefix-LM, shared-question masks and equal
+    documents at several lengths (few large pieces to many small ones)."""
+    from maskc import library
+    from maskc.runtime import load_plan
+    from maskc.runtime.format import piece_pairs
+
+    cpu = dev.device.type == "cpu"
+    heads = 2 if cpu else 16
+    sizes = (256, 512) if cpu else ((4096, 16384) if dev.cfg.quick else (2048, 4096, 8192, 16384))
+    out = []
+    for n in sizes:
+        for source in (library.prefix_lm(n, n // 4), library.shared_question(n // 4, [3 * n // 16] * 4),
+                       library.documents([n // 2] * 2), library.documents([n // 16] * 16)):
+            plan = compile_mask(source, block=128, backward="pieces")
+            pieces = plan.arrays["pieces"]
+            pairs = piece_pairs(pieces) * heads
+            causal = pieces[:, 4] == 1
+            _, bwd = dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype)
+            out.append([int(pieces.shape[0]), int(pairs[causal].sum()), int(pairs[~causal].sum()), bwd])
+    return out
+
+
 def calibrate(cfg: CalibrateConfig, progress: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
     """Run every measurement of ``cfg`` and return the profile (a dict in the ``maskc-profile/3``
     schema, checked by :func:`maskc.cost.parse_profile`)."""
@@ -390,6 +416,7 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
         "kernels": [],
         "reorder": [],
         "sdpa": [],
+        "pieces": [],
     }
     for dtype in cfg.dtypes:
         for d in cfg.head_dims:
@@ -413,12 +440,17 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
                     entry = _fit_reorder_entry({"block": [block, block], "head_dim": bucket, "dtype": dtype, "samples": found})
                     profile["reorder"].append(entry)
                     say(f"  factors: fwd {entry['fwd_factor']:.3f}, bwd {entry['bwd_factor']:.3f}")
-            if "sdpa" not in cfg.parts:
-                continue
-            say(f"sdpa, head dim {d}, {dtype}")
-            for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
-                profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
-                                                          "samples": [list(p) for p in zip(units, times)]}, "pair_ms"))
+            if "sdpa" in cfg.parts:
+                say(f"sdpa, head dim {d}, {dtype}")
+                for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
+                    profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
+                                                              "samples": [list(p) for p in zip(units, times)]}, "pair_ms"))
+            if "pieces" in cfg.parts and dtype != "fp32":  # cuDNN's attention takes half precision only
+                say(f"backward through dense pieces, head dim {d}, {dtype}")
+                entry = _fit_pieces_entry({"head_dim": bucket, "dtype": dtype, "samples": _pieces_samples(dev, d, dtype)})
+                profile["pieces"].append(entry)
+                say(f"  per piece {entry['piece_ms']:.4g} ms, per causal pair {entry['causal_pair_ms']:.3g}, "
+                    f"per full pair {entry['full_pair_ms']:.3g}; rms error {entry['fit']['rms_rel_error']:.1%}")
     profile["notes"] = dev.notes
     cost.parse_profile(profile)
     return profile
@@ -457,6 +489,16 @@ def _fit_linear_entry(entry: dict[str, Any], unit_key: str, where: str = "entry"
     return entry
 
 
+def _fit_pieces_entry(entry: dict[str, Any], where: str = "pieces entry") -> dict[str, Any]:
+    """A dense-pieces entry's constants fitted to its ``[pieces, causal pairs, full pairs, ms]`` samples."""
+    samples = _samples(entry, where)
+    if not all(isinstance(x, list) and len(x) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x) for x in samples):
+        raise cost.ProfileError(f"{where}: every measurement must be [pieces, causal pairs, full pairs, ms]")
+    fitted, stats = cost.fit_pieces(samples)
+    entry.update({**asdict(fitted), "fit": stats.as_dict()})
+    return entry
+
+
 def _samples(entry: dict[str, Any], where: str) -> list:
     samples = entry.get("samples")
     if not isinstance(samples, list) or not samples:
@@ -480,6 +522,7 @@ def refit(profile: dict[str, Any]) -> dict[str, Any]:
     out["kernels"] = [_fit_kernel_entry(dict(e), f"kernels[{i}]") for i, e in enumerate(profile["kernels"])]
     out["reorder"] = [_fit_reorder_entry(dict(e), f"reorder[{i}]") for i, e in enumerate(profile["reorder"])]
     out["sdpa"] = [_fit_linear_entry(dict(e), "pair_ms", f"sdpa[{i}]") for i, e in enumerate(profile["sdpa"])]
+    out["pieces"] = [_fit_pieces_entry(dict(e), f"pieces[{i}]") for i, e in enumerate(profile.get("pieces", []))]
     out["refits"] = profile.get("refits", []) + [{"date": _now(), "maskc": maskc.__version__}]
     cost.parse_profile(out)
     return out
@@ -495,11 +538,12 @@ def merge_profiles(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         "kernels": lambda e: (e["kernel"], e["pass"], tuple(e["block"]), e["head_dim"], e["dtype"]),
         "reorder": lambda e: (tuple(e["block"]), e["head_dim"], e["dtype"]),
         "sdpa": lambda e: (e["mask"], e["pass"], e["head_dim"], e["dtype"]),
+        "pieces": lambda e: (e["head_dim"], e["dtype"]),
     }
     merged = dict(new)
     for section, key in keys.items():
-        fresh = {key(e) for e in new[section]}
-        merged[section] = [e for e in old[section] if key(e) not in fresh] + new[section]
+        fresh = {key(e) for e in new.get(section, [])}
+        merged[section] = [e for e in old.get(section, []) if key(e) not in fresh] + new.get(section, [])
     merged["merged"] = old.get("merged", []) + [{"environment": old["environment"], "settings": old["settings"]}]
     merged["notes"] = old.get("notes", []) + new["notes"]
     cost.parse_profile(merged)

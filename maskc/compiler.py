@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +32,7 @@ import numpy as np
 from maskc import cost
 from maskc.errors import MaskError
 from maskc.intervals import RunTracker, canonical, intervals_sha256
+from maskc.pieces import MAX_PIECES, find_pieces
 from maskc.runtime.format import DENSE_VARIANTS, Plan, dense_intervals
 from maskc.runtime.intervals import INTERVAL_TILE, LTE, LTS, MAX_TILES_PER_SLICE, UTE, UTS, masked_pairs, tile_classes, tile_lists
 from maskc.runtime.launch import list_traits
@@ -44,6 +45,7 @@ AUTO_BLOCKS = ((64, 64), (128, 128))  # the tile sizes the cost model compares
 FALLBACK_BLOCK = (128, 128)  # block="auto" without a profile
 REORDERS = ("auto", "rcm", "none")
 SCHEDULES = ("lpt", "none")
+BACKWARDS = ("auto", "tiles", "pieces")
 
 
 def parse_block(block: Any) -> tuple[int, int]:
@@ -190,6 +192,7 @@ def compile(
     profile: Any = None,
     workload: cost.Workload | None = None,
     objective: str = "fwd_bwd",
+    backward: str = "auto",
 ) -> Plan:
     """Compile a mask (path, spec, array, sparse matrix or MaskSource) into an execution plan.
 
@@ -214,6 +217,11 @@ def compile(
     ``workload`` (default ``B=1, H=16, D=128, bf16``) is the call the predictions are for, and
     ``objective`` (``"fwd_bwd"`` or ``"fwd"``) what the model minimises.
 
+    ``backward``: ``"pieces"`` runs the backward through the mask's dense pieces with a dense
+    attention kernel (:mod:`maskc.pieces`; a MaskError unless the mask, one slice, splits into at
+    most 16 of them), ``"tiles"`` through the tile kernels, ``"auto"`` as the cost model predicts
+    faster (only with ``block="auto"`` and a profile; tiles otherwise).
+
     A source that gives its intervals from its structure is compiled to an interval or dense plan
     without reading a single row; any other source is read one tile row at a time (twice when the
     cost model is used: once to classify the candidates, once to build the winner).
@@ -224,11 +232,14 @@ def compile(
     reorder = check_option(reorder, REORDERS, "reorder")
     schedule = check_option(schedule, SCHEDULES, "schedule")
     objective = check_option(objective, cost.OBJECTIVES, "objective")
+    backward = check_option(backward, BACKWARDS, "backward")
     workload = workload or cost.Workload()
     if block == AUTO:
-        plan = _compile_auto(source, cost.resolve_profile(profile), variant, reorder, workload, objective, progress)
+        plan = _compile_auto(source, cost.resolve_profile(profile), variant, reorder, workload, objective, progress, backward)
     else:
         plan = _compile_fixed(source, block, variant, reorder, progress)
+        if backward == "pieces":
+            plan.arrays["pieces"] = _pieces_of(source, plan)
     if schedule == "lpt":
         plan.arrays.update(launch_orders(plan))
     return plan
@@ -241,6 +252,20 @@ def _compile_fixed(source: MaskSource, block: tuple[int, int], variant: str, reo
     if variant in DENSE_VARIANTS:
         return _compile_dense(source, block, variant, progress)
     return _compile_tiles(source, block, variant, progress)
+
+
+def _pieces_of(source: MaskSource, plan: Plan) -> np.ndarray:
+    """The dense pieces of a one-slice tile plan's mask in token order, or a MaskError saying why not."""
+    if plan.variant in DENSE_VARIANTS or plan.reordered or plan.slices != 1:
+        kind = plan.variant if plan.variant in DENSE_VARIANTS else "reordered" if plan.reordered else f"{plan.slices}-slice"
+        raise MaskError(f"{source.name}: a {kind} plan cannot run its backward through dense pieces; compile it with backward 'tiles' or 'auto'")
+    vectors = structured_intervals(source)
+    if vectors is None:
+        vectors, _ = detect_intervals(source)
+    pieces = find_pieces(vectors, source.q_len) if vectors is not None else None
+    if pieces is None:
+        raise MaskError(f"{source.name} does not split into at most {MAX_PIECES} dense pieces; compile it with backward 'tiles' or 'auto'")
+    return pieces
 
 
 def _compile_tiles(source: MaskSource, block: tuple[int, int], variant: str, progress: Progress | None) -> Plan:
@@ -361,17 +386,20 @@ class _Reordering:
 
 
 def _compile_auto(
-    source: MaskSource, profile: cost.Profile | None, variant: str, reorder: str, workload: cost.Workload, objective: str, progress: Progress | None
+    source: MaskSource, profile: cost.Profile | None, variant: str, reorder: str, workload: cost.Workload, objective: str,
+    progress: Progress | None, backward: str = "auto",
 ) -> Plan:
     """``block="auto"``: the fastest predicted candidate, or the fixed rules without a usable profile."""
     if profile is None:
         plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", progress)
+        if backward == "pieces":
+            plan.arrays["pieces"] = _pieces_of(source, plan)
         note = (f"no cost-model profile (set {cost.ENV_PROFILE} or pass a profile; 'maskc calibrate' measures one): "
                 f"{FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule")
         plan.predictions = cost.record(None, workload, objective, {}, None, note)
         return plan
     stages = _Stages(progress, 3)
-    analysis = _Analysis.of(source, variant, reorder, stages)
+    analysis = _Analysis.of(source, variant, reorder, stages, backward)
     choice = cost.choose(profile, analysis.candidates, workload, objective)
     if choice.chosen is None:
         plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", stages.stage(2))
@@ -396,10 +424,11 @@ class _Analysis:
     classes: dict[tuple[int, int], np.ndarray]
     reordering: _Reordering | None = None
     reordered_classes: dict[tuple[int, int], np.ndarray] | None = None
+    pieces: np.ndarray | None = None  # the mask's dense pieces, when it has few enough
     candidates: dict[cost.Candidate, cost.Work] = None  # type: ignore[assignment]
 
     @classmethod
-    def of(cls, source: MaskSource, variant: str, reorder: str, stages: "_Stages") -> "_Analysis":
+    def of(cls, source: MaskSource, variant: str, reorder: str, stages: "_Stages", backward: str = "auto") -> "_Analysis":
         from maskc.reorder import PatternBuilder
 
         shape = source.shape
@@ -428,6 +457,10 @@ class _Analysis:
             if problem:
                 raise MaskError(problem)
         analysis = cls(source, vectors, pairs, bits_sha256, classes)
+        if backward != "tiles" and vectors is not None and reorder != "rcm":
+            analysis.pieces = find_pieces(vectors, source.q_len)
+        if backward == "pieces" and analysis.pieces is None:
+            raise MaskError(f"{source.name} does not split into at most {MAX_PIECES} dense pieces in token order; compile it with backward 'tiles' or 'auto'")
         # Reordering is tried on masks that do not fit the interval form (those that do keep every
         # key column's masked rows in at most two runs: already contiguous), or always with "rcm".
         if pattern is not None and (reorder == "rcm" or vectors is None):
@@ -439,10 +472,19 @@ class _Analysis:
                 counter = _TileCounter(shape, blocks)
                 _read_rows(analysis.reordering.source, max(b[0] for b in blocks), stages.stage(1), None, track=False, sinks=[counter])
                 analysis.reordered_classes = counter.classes
-        analysis.candidates = analysis._candidates(variant, reorder)
+        analysis.candidates = analysis._candidates(variant, reorder, backward)
         return analysis
 
-    def _candidates(self, variant: str, reorder: str) -> dict[cost.Candidate, cost.Work]:
+    def _candidates(self, variant: str, reorder: str, backward: str) -> dict[cost.Candidate, cost.Work]:
+        out = self._tile_candidates(variant, reorder) if backward != "pieces" else {}
+        if self.pieces is not None:  # each tile candidate again, with the backward through the pieces
+            pieces = cost.pieces_work(self.pieces)
+            for candidate, work in self._tile_candidates(variant, "none").items():
+                if candidate.kernel is not None and not candidate.reordered:
+                    out[replace(candidate, pieces=True)] = replace(work, pieces=pieces)
+        return out
+
+    def _tile_candidates(self, variant: str, reorder: str) -> dict[cost.Candidate, cost.Work]:
         source = self.source
         shape = source.shape
         allowed = (lambda v: variant in (AUTO, v))
@@ -464,6 +506,12 @@ class _Analysis:
         return out
 
     def build(self, chosen: cost.Candidate, progress: Progress | None) -> Plan:
+        plan = self._build_tiles(chosen, progress)
+        if chosen.pieces:
+            plan.arrays["pieces"] = self.pieces
+        return plan
+
+    def _build_tiles(self, chosen: cost.Candidate, progress: Progress | None) -> Plan:
         bm, bn = chosen.block
         if chosen.variant in DENSE_VARIANTS:
             return _dense_plan(self.source.shape, chosen.variant, chosen.block)

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from maskc.runtime.format import Plan, PlanError
+from maskc.runtime.format import Plan, PlanError, piece_pairs
 
 SCHEMA = "maskc-profile/3"
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -184,8 +184,10 @@ def _is_count(v: Any) -> bool:
 class Work:
     """What a candidate asks of the GPU, independent of the workload's shape.
 
-    ``rows``/``cols`` for the tile kernels; ``pairs`` (visible pairs over all slices) for dense SDPA.
-    ``batch``/``heads`` are the mask's own (1 where it broadcasts).
+    ``rows``/``cols`` for the tile kernels; ``pairs`` (visible pairs over all slices) for dense SDPA;
+    ``pieces``, when the mask is a few dense pieces (:mod:`maskc.pieces`), each piece's
+    ``(causal, pairs)`` for a backward through them. ``batch``/``heads`` are the mask's own (1 where
+    it broadcasts).
     """
 
     q_len: int
@@ -195,6 +197,7 @@ class Work:
     pairs: int
     rows: ListWork | None = None
     cols: ListWork | None = None
+    pieces: tuple[tuple[bool, int], ...] | None = None
 
     @classmethod
     def from_classes(cls, classes: list[np.ndarray], shape: tuple[int, int, int, int], pairs: int) -> "Work":
@@ -209,6 +212,8 @@ class Work:
         d: dict[str, Any] = {"q_len": self.q_len, "kv_len": self.kv_len, "batch": self.batch, "heads": self.heads, "pairs": self.pairs}
         if self.rows is not None:
             d["rows"], d["cols"] = self.rows.as_dict(), self.cols.as_dict()
+        if self.pieces is not None:
+            d["pieces"] = [[causal, pairs] for causal, pairs in self.pieces]
         return d
 
     @classmethod
@@ -218,24 +223,31 @@ class Work:
         ints = [d.get(k) for k in ("q_len", "kv_len", "batch", "heads", "pairs")]
         if not all(_is_count(v) for v in ints) or min(ints[:4]) < 1:
             raise PlanError("prediction work must hold positive q_len, kv_len, batch, heads and a pairs count")
+        pieces = d.get("pieces")
+        if pieces is not None:
+            if not (isinstance(pieces, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], bool) and _is_count(p[1]) for p in pieces)):
+                raise PlanError("prediction work pieces must be a list of [causal, pairs]")
+            pieces = tuple((p[0], p[1]) for p in pieces)
         if "rows" in d:
-            return cls(*ints, ListWork.from_dict(d["rows"]), ListWork.from_dict(d.get("cols")))
-        return cls(*ints)
+            return cls(*ints, ListWork.from_dict(d["rows"]), ListWork.from_dict(d.get("cols")), pieces)
+        return cls(*ints, pieces=pieces)
 
 
 @dataclass(frozen=True, order=True)
 class Candidate:
-    """One way to run a mask: a variant, a tile size, and whether the tokens are reordered."""
+    """One way to run a mask: a variant, a tile size, whether the tokens are reordered, and whether
+    the backward runs through the mask's dense pieces instead of the tile kernels."""
 
     variant: str
     block: tuple[int, int]
     reordered: bool = False
+    pieces: bool = False
 
     @property
     def name(self) -> str:
         if self.variant in ("dense", "dense_causal"):
             return self.variant
-        return f"{self.variant}/{self.block[0]}x{self.block[1]}{'+rcm' if self.reordered else ''}"
+        return f"{self.variant}/{self.block[0]}x{self.block[1]}{'+rcm' if self.reordered else ''}{'+pieces' if self.pieces else ''}"
 
     @property
     def kernel(self) -> str | None:
@@ -303,6 +315,19 @@ class LinearCost:
         return self.launch_ms + self.unit_ms * units
 
 
+@dataclass(frozen=True)
+class PiecesCost:
+    """The backward through a mask's dense pieces (:mod:`maskc.pieces`): per piece (a dense kernel
+    call and its share of the gradient sums) and per visible pair, causal and full pieces apart."""
+
+    piece_ms: float
+    causal_pair_ms: float
+    full_pair_ms: float
+
+    def time(self, pieces: tuple[tuple[bool, int], ...], mult: float) -> float:
+        return sum(self.piece_ms + pairs * mult * (self.causal_pair_ms if causal else self.full_pair_ms) for causal, pairs in pieces)
+
+
 @dataclass
 class Profile:
     """A GPU's measured constants, as ``maskc calibrate`` wrote them."""
@@ -314,6 +339,7 @@ class Profile:
     kernels: dict[tuple, KernelCosts] = field(default_factory=dict)  # (kernel, pass, bm, bn, bucket, dtype)
     reorder: dict[tuple, ReorderCost] = field(default_factory=dict)  # (bm, bn, bucket, dtype)
     sdpa: dict[tuple, LinearCost] = field(default_factory=dict)  # (mask "causal"/"full", pass, bucket, dtype)
+    pieces: dict[tuple, PiecesCost] = field(default_factory=dict)  # (bucket, dtype)
 
     def kernel(self, kernel: str, pass_: str, block: tuple[int, int], workload: Workload) -> KernelCosts:
         key = (kernel, pass_, block[0], block[1], head_dim_bucket(workload.head_dim), workload.dtype)
@@ -332,6 +358,14 @@ class Profile:
         if key not in self.sdpa:
             raise ProfileError(f"profile {self.name!r} has no SDPA {mask} {pass_} constants for head dim {key[2]}, {workload.dtype}")
         return self.sdpa[key]
+
+
+    def pieces_cost(self, workload: Workload) -> PiecesCost:
+        key = (head_dim_bucket(workload.head_dim), workload.dtype)
+        if key not in self.pieces:
+            raise ProfileError(f"profile {self.name!r} has no dense-pieces constants for head dim {key[0]}, {workload.dtype} "
+                               "('maskc calibrate --only pieces --merge' measures them)")
+        return self.pieces[key]
 
 
 def profile_filename(device_name: str) -> str:
@@ -385,6 +419,10 @@ def parse_profile(data: Any, source: str = "<memory>", sha256: str | None = None
         w = f"{where} sdpa[{i}]"
         key = (_choice(e, "mask", ("causal", "full"), w), _choice(e, "pass", PASSES, w), _bucket(e, w), _choice(e, "dtype", DTYPES, w))
         profile.sdpa[key] = LinearCost(_nonneg(e, "launch_ms", w), _nonneg(e, "pair_ms", w))
+    for i, e in enumerate(data.get("pieces", [])):  # optional: profiles measured before dense pieces lack it
+        w = f"{where} pieces[{i}]"
+        costs = PiecesCost(*(_nonneg(e, key, w) for key in ("piece_ms", "causal_pair_ms", "full_pair_ms")))
+        profile.pieces[(_bucket(e, w), _choice(e, "dtype", DTYPES, w))] = costs
     return profile
 
 
@@ -498,6 +536,10 @@ def predict(profile: Profile, candidate: Candidate, work: Work, workload: Worklo
     if work.rows is None:
         raise ProfileError(f"candidate {candidate.name} has no tile work recorded")
     fwd = profile.kernel(candidate.kernel, "fwd", candidate.block, workload).time([work.rows], mult)
+    if candidate.pieces:
+        if work.pieces is None:
+            raise ProfileError(f"candidate {candidate.name} has no pieces recorded")
+        return Prediction(fwd, profile.pieces_cost(workload).time(work.pieces, mult))
     bwd = profile.kernel(candidate.kernel, "bwd", candidate.block, workload).time([work.rows, work.cols], mult)
     if candidate.reordered:
         factors = profile.reorder_cost(candidate.block, workload)
@@ -545,6 +587,7 @@ def record(profile: Profile | None, workload: Workload, objective: str, candidat
             "variant": candidate.variant,
             "block": list(candidate.block),
             "reordered": candidate.reordered,
+            "pieces": candidate.pieces,
             "work": candidates[candidate].as_dict(),
             "fwd_ms": _ms(prediction.fwd_ms) if prediction else None,
             "fwd_bwd_ms": _ms(prediction.fwd_bwd_ms) if prediction else None,
@@ -586,7 +629,10 @@ def recorded(plan: Plan) -> list[Recorded]:
         block = e.get("block")
         if not (isinstance(block, list) and len(block) == 2 and all(_is_count(v) for v in block)) or not isinstance(e.get("reordered"), bool):
             raise PlanError(f"plan prediction {name!r} needs a block [m, n] and a reordered flag")
-        out.append(Recorded(Candidate(e["variant"], tuple(block), e["reordered"]), Work.from_dict(e.get("work"))))
+        pieces = e.get("pieces", False)
+        if not isinstance(pieces, bool):
+            raise PlanError(f"plan prediction {name!r} has a pieces flag that is not a boolean")
+        out.append(Recorded(Candidate(e["variant"], tuple(block), e["reordered"], pieces), Work.from_dict(e.get("work"))))
     return out
 
 
@@ -611,12 +657,19 @@ def work_of(plan: Plan) -> Work:
     for prefix in ("row", "col"):
         full = plan.arrays[f"{prefix}_full"].astype(np.int64)
         lists.append(ListWork.from_counts(full, np.diff(plan.arrays[f"{prefix}_ptr"].astype(np.int64)) - full))
-    return Work(work.q_len, work.kv_len, work.batch, work.heads, work.pairs, *lists)
+    return Work(work.q_len, work.kv_len, work.batch, work.heads, work.pairs, *lists, pieces_work(plan.arrays["pieces"]))
+
+
+def pieces_work(pieces: np.ndarray) -> tuple[tuple[bool, int], ...] | None:
+    """``(causal, pairs)`` of each dense piece (``[n, 5]`` rows as in a plan), None for no pieces."""
+    if pieces.shape[0] == 0:
+        return None
+    return tuple((bool(c), int(p)) for c, p in zip(pieces[:, 4], piece_pairs(pieces)))
 
 
 def plan_candidate(plan: Plan) -> Candidate:
     """The candidate a plan is."""
-    return Candidate(plan.variant, (plan.block_m, plan.block_n), plan.reordered)
+    return Candidate(plan.variant, (plan.block_m, plan.block_n), plan.reordered, plan.arrays["pieces"].shape[0] > 0)
 
 
 # --- fitting ------------------------------------------------------------------------------------
@@ -735,6 +788,19 @@ def fit_kernel(samples: list[KernelSample], max_concurrency: float = 4096.0) -> 
     costs = _costs(theta, len(samples[0].lists), concurrency)
     predicted = np.array([costs.time(list(s.lists), s.mult) for s in samples])
     return costs, _stats(predicted, measured)
+
+
+def fit_pieces(samples: list[list[float]]) -> tuple[PiecesCost, FitStats]:
+    """:class:`PiecesCost` fitted to ``[pieces, causal pairs, full pairs, ms]`` measurements (pairs
+    over all heads) by relative non-negative least squares."""
+    from scipy.optimize import nnls
+
+    a = np.asarray([x[:3] for x in samples], dtype=float)
+    t = np.asarray([x[3] for x in samples], dtype=float)
+    if t.size < 3 or np.any(t <= 0):
+        raise ProfileError("a dense-pieces fit needs at least 3 positive measurements")
+    theta, _ = nnls(a / t[:, None], np.ones_like(t))
+    return PiecesCost(*(float(v) for v in theta)), _stats(a @ theta, t)
 
 
 def fit_linear(units: list[float], times_ms: list[float]) -> tuple[LinearCost, FitStats]:

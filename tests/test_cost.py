@@ -176,14 +176,17 @@ def test_auto_picks_the_fastest_predicted_candidate(profile, mask, chosen):
 
 
 def test_auto_candidates_cover_tiles_variants_and_reordering(profile):
+    tiles = {"block_sparse/64x64", "block_sparse/128x128", "intervals/64x64", "intervals/128x128"}
     names = set(maskc.compile(library.documents([300, 500, 700, 548]), profile=profile).predictions["candidates"])
-    assert names == {"block_sparse/64x64", "block_sparse/128x128", "intervals/64x64", "intervals/128x128"}  # fits intervals: no RCM
+    assert names == tiles | {name + "+pieces" for name in tiles}  # fits intervals: no RCM; four dense pieces
+    names = set(maskc.compile(library.documents([300, 500, 700, 548]), profile=profile, backward="tiles").predictions["candidates"])
+    assert names == tiles
     names = set(maskc.compile(scrambled_band(512, 8), profile=profile).predictions["candidates"])
     assert names == {"block_sparse/64x64", "block_sparse/128x128", "block_sparse/64x64+rcm", "block_sparse/128x128+rcm"}
     names = set(maskc.compile(scrambled_band(512, 8), profile=profile, reorder="none").predictions["candidates"])
     assert names == {"block_sparse/64x64", "block_sparse/128x128"}
-    names = set(maskc.compile(library.causal(512), profile=profile, variant="intervals").predictions["candidates"])
-    assert names == {"intervals/64x64", "intervals/128x128"}
+    names = set(maskc.compile(library.causal(512), profile=profile, variant="intervals", backward="pieces").predictions["candidates"])
+    assert names == {"intervals/64x64+pieces", "intervals/128x128+pieces"}
     assert set(maskc.compile(np.ones((40, 60), dtype=bool), profile=profile).predictions["candidates"]) >= {"dense"}
 
 

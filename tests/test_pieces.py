@@ -1,0 +1,182 @@
+"""Dense pieces: found exactly, validated in plans, chosen by the model, and the backward through them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # the tile kernels run the forward, on CPU tensors
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import maskc
+from maskc import library
+from maskc.compiler import detect_intervals, structured_intervals
+from maskc.errors import MaskError
+from maskc.pieces import MAX_PIECES, find_pieces
+from maskc.runtime import format as fmt
+from maskc.runtime import load_plan
+from maskc.runtime import pieces as dense_pieces
+from maskc.runtime.format import PlanError
+
+from conftest import dense_reference, rel_err
+
+
+def pieces_mask(pieces: np.ndarray, q_len: int, kv_len: int) -> np.ndarray:
+    """The mask the pieces cover, asserting that no pair is covered twice."""
+    mask = np.zeros((q_len, kv_len), dtype=bool)
+    for q0, q1, k0, k1, causal in pieces:
+        block = np.ones((q1 - q0, k1 - k0), dtype=bool)
+        block = np.tril(block) if causal else block
+        assert not (mask[q0:q1, k0:k1] & block).any()
+        mask[q0:q1, k0:k1] |= block
+    return mask
+
+
+def _source(kind: str, draw) -> maskc.sources.MaskSource:
+    n = draw(st.integers(8, 160))
+    if kind == "prefix_lm":
+        return library.prefix_lm(n, draw(st.integers(0, n)))
+    if kind == "documents":
+        lengths = draw(st.lists(st.integers(1, 40), min_size=1, max_size=20))
+        return library.documents(lengths, causal=draw(st.booleans()))
+    if kind == "shared_question":
+        return library.shared_question(draw(st.integers(1, 40)), draw(st.lists(st.integers(1, 40), min_size=1, max_size=6)))
+    if kind == "causal_blockwise":
+        return library.causal_blockwise(n, draw(st.integers(1, n)))
+    if kind == "sliding_window":
+        return library.sliding_window(n, draw(st.integers(1, n)), causal=draw(st.booleans()))
+    if kind == "longformer":
+        return library.longformer(n, draw(st.integers(1, n)), draw(st.lists(st.integers(0, n - 1), max_size=3, unique=True)))
+    return library.union(library.prefix_lm(n, draw(st.integers(0, n))), library.documents([n // 2, n - n // 2]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.sampled_from(["prefix_lm", "documents", "shared_question", "causal_blockwise", "sliding_window", "longformer", "union"]))
+def test_pieces_cover_exactly_the_mask(data, kind):
+    source = _source(kind, data.draw)
+    vectors = structured_intervals(source)
+    vectors = vectors if vectors is not None else detect_intervals(source)[0]
+    pieces = find_pieces(vectors, source.q_len) if vectors is not None else None
+    if pieces is None:
+        assert kind in ("sliding_window", "longformer", "documents", "union")  # bands, or too many pieces
+        return
+    assert 1 <= pieces.shape[0] <= MAX_PIECES
+    assert np.array_equal(pieces_mask(pieces, source.q_len, source.kv_len), source.to_dense()[0, 0])
+    assert np.all(pieces[pieces[:, 4] == 1, 1] - pieces[pieces[:, 4] == 1, 0] == pieces[pieces[:, 4] == 1, 3] - pieces[pieces[:, 4] == 1, 2])
+
+
+def test_the_masks_made_of_pieces_are_found():
+    assert find_pieces(structured_intervals(library.prefix_lm(300, 77)), 300).tolist() == [[0, 300, 0, 77, 0], [77, 300, 77, 300, 1]]
+    assert find_pieces(structured_intervals(library.causal(64)), 64).tolist() == [[0, 64, 0, 64, 1]]
+    question = find_pieces(structured_intervals(library.shared_question(50, [30, 40])), 120)
+    assert question.tolist() == [[0, 50, 0, 50, 1], [50, 120, 0, 50, 0], [50, 80, 50, 80, 1], [80, 120, 80, 120, 1]]
+    assert find_pieces(structured_intervals(library.sliding_window(300, 40)), 300) is None  # a band: one piece per column
+    assert find_pieces(structured_intervals(library.documents([10] * (MAX_PIECES + 1))), 10 * (MAX_PIECES + 1)) is None
+
+
+def _pieced_plan(source=None, block=32):
+    return maskc.compile(source or library.prefix_lm(100, 30), block=block, backward="pieces")
+
+
+def test_a_plan_with_pieces_round_trips_and_older_versions_have_none():
+    plan = _pieced_plan()
+    back = fmt.decode(plan.to_bytes())
+    assert np.array_equal(back.arrays["pieces"], plan.arrays["pieces"]) and back.arrays["pieces"].shape == (2, 5)
+    assert maskc.cost.plan_candidate(back).name == "block_sparse/32x32+pieces"
+    assert maskc.compile(library.prefix_lm(100, 30), block=32).arrays["pieces"].shape == (0, 5)
+
+
+@pytest.mark.parametrize("pieces, message", [
+    ([[0, 100, 0, 30, 0], [30, 100, 30, 100, 1], [0, 1, 99, 100, 0]], "pairs"),
+    ([[0, 100, 0, 31, 0], [30, 100, 30, 100, 1]], "overlap"),
+    ([[0, 101, 0, 30, 0], [30, 100, 30, 100, 1]], "q_len"),
+    ([[0, 100, 0, 30, 0], [30, 100, 30, 99, 1]], "square"),
+    ([[0, 100, 0, 30, 2], [30, 100, 30, 100, 1]], "causal flag"),
+    ([[0, 100, 0, 30, 0]] * (MAX_PIECES + 1), f"at most {MAX_PIECES}"),
+])
+def test_hostile_pieces_are_refused(pieces, message):
+    plan = _pieced_plan()
+    plan.arrays["pieces"] = np.array(pieces, dtype="<i4")
+    with pytest.raises(PlanError, match=message):
+        fmt.validate(plan)
+
+
+def test_only_one_slice_tile_plans_in_token_order_carry_pieces():
+    two_heads = maskc.compile(library.stack([library.prefix_lm(100, 30)] * 2), block=32)
+    two_heads.arrays["pieces"] = _pieced_plan().arrays["pieces"]
+    with pytest.raises(PlanError, match="one-slice"):
+        fmt.validate(two_heads)
+    with pytest.raises(MaskError, match="dense pieces"):
+        maskc.compile(library.sliding_window(300, 40), block=32, backward="pieces")
+    with pytest.raises(MaskError, match="dense_causal plan cannot"):
+        maskc.compile(library.causal(64), block=32, variant="dense_causal", backward="pieces")
+    with pytest.raises(MaskError, match="backward"):
+        maskc.compile(library.causal(64), backward="sometimes")
+
+
+def test_a_dense_source_finds_its_pieces_too():
+    plan = maskc.compile(library.prefix_lm(100, 30).to_dense(), block=32, backward="pieces")
+    assert plan.arrays["pieces"].tolist() == [[0, 100, 0, 30, 0], [30, 100, 30, 100, 1]]
+
+
+@pytest.mark.parametrize("source", [library.prefix_lm(150, 40), library.shared_question(30, [40, 25, 50])], ids=["prefix_lm", "shared_question"])
+def test_backward_through_pieces_matches_the_reference(source):
+    loaded = load_plan(_pieced_plan(source))
+    n = source.q_len
+    gen = torch.Generator().manual_seed(3)
+    q, k, v, grad = (torch.randn(2, 3, n, 32, generator=gen) for _ in range(4))
+    scale = 0.2
+    ref = dense_reference(q, k, v, source.to_dense()[0, 0], scale, grad)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = loaded.attention(qs, ks, vs, scale=scale, backend="triton")
+    assert loaded.on(q.device).pieces and dense_pieces.supported(q, k)
+    out.backward(grad)
+    for got, want in zip((out, qs.grad, ks.grad, vs.grad), ref):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_grouped_heads_keep_the_tile_backward():
+    source = library.prefix_lm(96, 20)
+    loaded = load_plan(_pieced_plan(source))
+    q, grad = torch.randn(1, 4, 96, 16), torch.randn(1, 4, 96, 16)
+    k, v = torch.randn(1, 2, 96, 16), torch.randn(1, 2, 96, 16)
+    assert not dense_pieces.supported(q, k)
+    ref = dense_reference(q, k, v, source.to_dense()[0, 0], 0.25, grad)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = loaded.attention(qs, ks, vs, scale=0.25, backend="triton")
+    out.backward(grad)
+    for got, want in zip((out, qs.grad, ks.grad, vs.grad), ref):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_pieces_backward_leaves_uncovered_rows_and_keys_at_zero():
+    pieces = ((0, 4, 2, 6, True),)
+    q, k, v, do = (torch.randn(1, 1, 8, 8, dtype=torch.float64) for _ in range(4))
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[0:4, 2:6] = np.tril(np.ones((4, 4), dtype=bool))
+    out, *want = dense_reference(q, k, v, mask, 0.5, do)
+    s = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~torch.from_numpy(mask), -float("inf"))
+    lse = torch.logsumexp(s, -1)
+    got = dense_pieces.backward(do, q, k, v, out, lse, pieces, 0.5)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12)
+    assert torch.all(got[0][:, :, 4:] == 0) and torch.all(got[1][:, :, :2] == 0) and torch.all(got[2][:, :, 6:] == 0)
+
+
+def test_the_model_predicts_pieces_from_the_profile(tmp_path):
+    from maskc import cost
+
+    work = cost.Work(100, 100, 1, 1, 3000, pieces=((True, 2000), (False, 1000)))
+    costs = cost.PiecesCost(piece_ms=0.1, causal_pair_ms=1e-6, full_pair_ms=2e-6)
+    assert costs.time(work.pieces, 16) == pytest.approx(0.2 + 16 * (2000e-6 + 2000e-6))
+    assert cost.Work.from_dict(work.as_dict()) == work
+    true = cost.PiecesCost(piece_ms=0.1, causal_pair_ms=1e-4, full_pair_ms=2e-5)
+    counts = [(1, 1000, 0), (2, 0, 1000), (4, 4000, 4000), (1, 0, 9000)]
+    fitted, stats = cost.fit_pieces([[n, c, f, n * true.piece_ms + c * true.causal_pair_ms + f * true.full_pair_ms] for n, c, f in counts])
+    assert stats.rms_rel_error < 1e-6 and fitted.piece_ms == pytest.approx(0.1) and fitted.full_pair_ms == pytest.approx(2e-5)
+    assert dataclasses.asdict(fitted).keys() == {"piece_ms", "causal_pair_ms", "full_pair_ms"}
