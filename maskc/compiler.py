@@ -477,7 +477,8 @@ class _Analysis:
 
     def _candidates(self, variant: str, reorder: str, backward: str) -> dict[cost.Candidate, cost.Work]:
         out = self._tile_candidates(variant, reorder) if backward != "pieces" else {}
-        if self.pieces is not None:  # each tile candidate again, with the backward through the pieces
+        dense = any(c.variant in DENSE_VARIANTS for c in out)  # one piece that SDPA runs whole, both passes
+        if self.pieces is not None and not dense:  # each tile candidate again, with the backward through the pieces
             pieces = cost.pieces_work(self.pieces)
             for candidate, work in self._tile_candidates(variant, "none").items():
                 if candidate.kernel is not None and not candidate.reordered:

@@ -61,7 +61,7 @@ def test_calibrate_on_cpu_writes_a_valid_profile(tmp_path, monkeypatch):
     monkeypatch.setenv(cost.ENV_PROFILE, str(out))
     plan = maskc.compile(library.documents([100, 150, 70]), workload=cost.Workload(heads=2, head_dim=32, dtype="fp32"))
     assert plan.predictions["profile"] == data["device"]["name"] and plan.predictions["chosen"] is not None
-    assert all(isinstance(c["fwd_ms"], float) for c in plan.predictions["candidates"].values())
+    assert all(isinstance(c["fwd_ms"], float) for name, c in plan.predictions["candidates"].items() if not name.endswith("+pieces"))  # fp32: no pieces
     # the measurements are kept: refitting them gives the same constants, without a device
     refitted = tmp_path / "refit.json"
     result = CliRunner().invoke(cli, ["calibrate", "--refit", str(out), "-o", str(refitted), "-q"])
