@@ -472,7 +472,7 @@ BAR_SPECS = {
     "prefix_lm": {"kind": "prefix_lm", "n": N, "prefix": 40000},
     "sliding_window": {"kind": "sliding_window", "n": N, "window": 4096, "causal": True},
 }
-BAR_PLAN_BYTES = {"documents": 2098165, "prefix_lm": 2106367, "sliding_window": 2098165}  # format 3, no profile
+BAR_PLAN_BYTES = {"documents": 2098199, "prefix_lm": 2106401, "sliding_window": 2098199}  # format 4 (an empty pieces array), no profile
 
 
 def bar_lengths() -> list[int]:
