@@ -44,7 +44,7 @@ from maskc import cost
 from maskc.compiler import bitmap_plan
 from maskc.compiler import compile as compile_mask
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan
+from maskc.runtime.format import Plan, pieces_take
 from maskc.runtime.intervals import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
 
@@ -445,7 +445,7 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
                 for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
                     profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
                                                               "samples": [list(p) for p in zip(units, times)]}, "pair_ms"))
-            if "pieces" in cfg.parts and dtype != "fp32":  # cuDNN's attention takes half precision only
+            if "pieces" in cfg.parts and pieces_take(dtype, d, 1, 1):  # where the runtime runs them (cuDNN)
                 say(f"backward through dense pieces, head dim {d}, {dtype}")
                 entry = _fit_pieces_entry({"head_dim": bucket, "dtype": dtype, "samples": _pieces_samples(dev, d, dtype)})
                 profile["pieces"].append(entry)

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from maskc.runtime.format import Plan, PlanError, piece_pairs
+from maskc.runtime.format import Plan, PlanError, piece_pairs, pieces_take
 
 SCHEMA = "maskc-profile/3"
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -535,10 +535,14 @@ def predict(profile: Profile, candidate: Candidate, work: Work, workload: Worklo
         return Prediction(*(profile.sdpa_cost(mask, p, workload).time(pairs) for p in PASSES))
     if work.rows is None:
         raise ProfileError(f"candidate {candidate.name} has no tile work recorded")
-    fwd = profile.kernel(candidate.kernel, "fwd", candidate.block, workload).time([work.rows], mult)
     if candidate.pieces:
         if work.pieces is None:
             raise ProfileError(f"candidate {candidate.name} has no pieces recorded")
+        if not pieces_take(workload.dtype, workload.head_dim, workload.heads, workload.kv_heads or workload.heads):
+            raise ProfileError(f"a {workload.describe()} call runs the tile backward, not the dense pieces' (they need bf16 or fp16, "
+                               "a head dim that is a multiple of 8 up to 128, and as many key/value heads as query heads)")
+    fwd = profile.kernel(candidate.kernel, "fwd", candidate.block, workload).time([work.rows], mult)
+    if candidate.pieces:
         return Prediction(fwd, profile.pieces_cost(workload).time(work.pieces, mult))
     bwd = profile.kernel(candidate.kernel, "bwd", candidate.block, workload).time([work.rows, work.cols], mult)
     if candidate.reordered:

@@ -424,6 +424,14 @@ def _check_pieces(plan: Plan) -> None:
         raise PlanError(f"plan pieces hold {pairs} pairs but the plan's mask has visible_pairs={plan.visible_pairs}")
 
 
+def pieces_take(dtype: str, head_dim: int, heads: int, kv_heads: int) -> bool:
+    """Whether a GPU call runs its backward through a plan's dense pieces (cuDNN's attention
+    backward): half precision (``dtype`` "bf16" or "fp16"), a head dim that is a multiple of 8 up
+    to 128, and as many key/value heads as query heads; other calls run the tile backward. The
+    runtime applies it per call, the cost model to the workload it predicts."""
+    return dtype in ("bf16", "fp16") and head_dim % 8 == 0 and head_dim <= 128 and heads == kv_heads
+
+
 def piece_pairs(pieces: np.ndarray) -> np.ndarray:
     """The visible pairs of each dense piece (``[n, 5]`` rows of :data:`PIECE_FIELDS`), int64."""
     rows = pieces[:, 1].astype(np.int64) - pieces[:, 0]

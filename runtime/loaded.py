@@ -86,7 +86,7 @@ class LoadedPlan:
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
         # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
-        pieces = dplan.pieces if impl is not reference and dense_pieces.supported(q, k) else ()
+        pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q, k) else ()
         return _Attention.apply(q, k, v, dplan, scale, impl, pieces)
 
     __call__ = attention

@@ -19,18 +19,20 @@ import functools
 
 import torch
 
+from maskc.runtime.format import pieces_take
+
 Piece = tuple[int, int, int, int, bool]  # q0, q1, k0, k1, causal
+_SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # the dtype names of pieces_take
 
 
 def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether :func:`backward` runs these inputs: as many key/value heads as query heads, and on a
-    GPU half-precision inputs of a head dim cuDNN's attention takes (a multiple of 8, at most 128)."""
-    if q.shape[1] != k.shape[1]:
-        return False
+    """Whether :func:`backward` runs these inputs: on a GPU as :func:`maskc.runtime.format.pieces_take`
+    says and where cuDNN's attention is available; on a CPU (the torch sums) with as many key/value
+    heads as query heads."""
     if not q.is_cuda:
-        return True
-    d = q.shape[-1]
-    return q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 128 and _cudnn_attention(q.device)
+        return q.shape[1] == k.shape[1]
+    dtype = _SHORT.get(q.dtype, "")
+    return pieces_take(dtype, q.shape[-1], q.shape[1], k.shape[1]) and _cudnn_attention(q.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +45,10 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
              pieces: tuple[Piece, ...], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dq, dk, dv`` of ``o = attention(q, k, v)`` under the mask the pieces cover, from the forward's
     ``o`` and ``lse`` (``[B, H, Nq]``, natural log); rows and keys outside every piece get zeros."""
-    piece_backward = _cudnn_piece if q.is_cuda else _torch_piece
+    if q.is_cuda:
+        piece_backward = functools.partial(_cudnn_piece, torch.zeros((), dtype=torch.int64, device=q.device))
+    else:
+        piece_backward = _torch_piece
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for q0, q1, k0, k1, causal in pieces:
         rows, keys = slice(q0, q1), slice(k0, k1)
@@ -54,9 +59,9 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return dq, dk, dv
 
 
-def _cudnn_piece(do, q, k, v, o, lse, causal: bool, scale: float):
-    """cuDNN's attention backward on one piece, given the whole mask's ``o`` and ``lse``."""
-    no_dropout = torch.zeros((), dtype=torch.int64, device=q.device)
+def _cudnn_piece(no_dropout, do, q, k, v, o, lse, causal: bool, scale: float):
+    """cuDNN's attention backward on one piece, given the whole mask's ``o`` and ``lse``
+    (``no_dropout``: the philox seed and offset it takes, unused without dropout)."""
     return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
         do, q, k, v, o, lse.unsqueeze(-1).contiguous(), no_dropout, no_dropout, None, None, None,
         q.shape[2], k.shape[2], 0.0, causal, scale=scale)
