@@ -403,6 +403,8 @@ def _compile_auto(
     choice = cost.choose(profile, analysis.candidates, workload, objective)
     if choice.chosen is None:
         plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", stages.stage(2))
+        if backward == "pieces":  # found by the analysis, which refuses a mask without them
+            plan.arrays["pieces"] = analysis.pieces
         note = f"no candidate could be predicted with profile {profile.name!r} for {workload.describe()}: {FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule"
     else:
         plan = analysis.build(choice.chosen, stages.stage(2))
@@ -476,14 +478,15 @@ class _Analysis:
         return analysis
 
     def _candidates(self, variant: str, reorder: str, backward: str) -> dict[cost.Candidate, cost.Work]:
-        out = self._tile_candidates(variant, reorder) if backward != "pieces" else {}
-        dense = any(c.variant in DENSE_VARIANTS for c in out)  # one piece that SDPA runs whole, both passes
-        if self.pieces is not None and not dense:  # each tile candidate again, with the backward through the pieces
+        tiles = self._tile_candidates(variant, reorder)
+        twins: dict[cost.Candidate, cost.Work] = {}
+        # each tile candidate again with its backward through the pieces; not where a dense plan
+        # runs the mask whole (one piece, both passes in SDPA) unless asked for
+        dense = any(c.variant in DENSE_VARIANTS for c in tiles)
+        if self.pieces is not None and (backward == "pieces" or not dense):
             pieces = cost.pieces_work(self.pieces)
-            for candidate, work in self._tile_candidates(variant, "none").items():
-                if candidate.kernel is not None and not candidate.reordered:
-                    out[replace(candidate, pieces=True)] = replace(work, pieces=pieces)
-        return out
+            twins = {replace(c, pieces=True): replace(w, pieces=pieces) for c, w in tiles.items() if c.kernel is not None and not c.reordered}
+        return twins if backward == "pieces" else {**tiles, **twins}
 
     def _tile_candidates(self, variant: str, reorder: str) -> dict[cost.Candidate, cost.Work]:
         source = self.source

@@ -187,6 +187,10 @@ def test_auto_candidates_cover_tiles_variants_and_reordering(profile):
     assert names == {"block_sparse/64x64", "block_sparse/128x128"}
     names = set(maskc.compile(library.causal(512), profile=profile, variant="intervals", backward="pieces").predictions["candidates"])
     assert names == {"intervals/64x64+pieces", "intervals/128x128+pieces"}
+    names = set(maskc.compile(library.causal(512), profile=profile).predictions["candidates"])
+    assert not any(name.endswith("+pieces") for name in names)  # dense_causal runs the one piece whole
+    plan = maskc.compile(library.causal(512), profile=profile, backward="pieces")
+    assert cost.plan_candidate(plan).pieces and plan.arrays["pieces"].tolist() == [[0, 512, 0, 512, 1]]
     assert set(maskc.compile(np.ones((40, 60), dtype=bool), profile=profile).predictions["candidates"]) >= {"dense"}
 
 

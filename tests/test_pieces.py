@@ -168,7 +168,7 @@ def test_pieces_backward_leaves_uncovered_rows_and_keys_at_zero():
     assert torch.all(got[0][:, :, 4:] == 0) and torch.all(got[1][:, :, :2] == 0) and torch.all(got[2][:, :, 6:] == 0)
 
 
-def test_the_model_predicts_pieces_from_the_profile(tmp_path):
+def test_the_model_predicts_pieces_from_the_profile():
     from maskc import cost
 
     work = cost.Work(100, 100, 1, 1, 3000, pieces=((True, 2000), (False, 1000)))
@@ -180,3 +180,28 @@ def test_the_model_predicts_pieces_from_the_profile(tmp_path):
     fitted, stats = cost.fit_pieces([[n, c, f, n * true.piece_ms + c * true.causal_pair_ms + f * true.full_pair_ms] for n, c, f in counts])
     assert stats.rms_rel_error < 1e-6 and fitted.piece_ms == pytest.approx(0.1) and fitted.full_pair_ms == pytest.approx(2e-5)
     assert dataclasses.asdict(fitted).keys() == {"piece_ms", "causal_pair_ms", "full_pair_ms"}
+
+
+@pytest.mark.parametrize("workload", [dict(kv_heads=4), dict(dtype="fp32"), dict(head_dim=256)], ids=["gqa", "fp32", "wide"])
+def test_the_model_never_predicts_pieces_for_a_call_that_runs_the_tile_backward(workload):
+    from maskc import cost
+
+    profile = cost.Profile("Test GPU", "cuda", "0" * 64, "<test>", pieces={(b, d): cost.PiecesCost(0.1, 1e-9, 1e-9)
+                                                                          for b in cost.HEAD_DIM_BUCKETS for d in cost.DTYPES})
+    lists = cost.ListWork.from_counts(np.array([1]), np.array([0]))
+    work = cost.Work(100, 100, 1, 1, 3000, lists, lists, pieces=((True, 2000),))
+    with pytest.raises(cost.ProfileError, match="tile backward"):
+        cost.predict(profile, cost.Candidate("block_sparse", (64, 64), pieces=True), work, cost.Workload(**workload))
+
+
+def test_the_cli_refuses_pieces_a_mask_does_not_have_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from maskc.cli.main import cli
+
+    spec = tmp_path / "window.json"
+    spec.write_text('{"kind": "sliding_window", "n": 512, "window": 64, "causal": true}')
+    result = CliRunner().invoke(cli, ["compile", str(spec), "-o", str(tmp_path / "w.plan"), "--backward", "pieces", "--no-cache"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error:") and "dense pieces" in lines[0]
+    assert not (tmp_path / "w.plan").exists()
