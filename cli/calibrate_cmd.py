@@ -47,12 +47,14 @@ def _csv(kind, allowed=None):
               help="maskc backend: auto = Triton on CUDA, the reference backend on a CPU.")
 @click.option("--only", "parts", callback=_csv(str, ("kernels", "reorder", "sdpa", "pieces")),
               help="Measure only these parts: kernels, reorder, sdpa, pieces (with --merge, keep the rest of the output profile).  [default: all]")
+@click.option("--passes", callback=_csv(str, cost.PASSES),
+              help="Tile-kernel passes to measure: fwd, bwd (with --merge, keep the other pass's fits).  [default: both]")
 @click.option("--merge", is_flag=True, help="Keep the entries of an existing output profile that this run does not measure again.")
 @click.option("--refit", type=click.Path(dir_okay=False, path_type=Path),
               help="Measure nothing: fit the constants of this profile again to the measurements it records (no GPU needed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, parts, merge: bool,
-              refit: Path | None, quiet: bool) -> None:
+def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, blocks, kernels, backend: str, parts, passes,
+              merge: bool, refit: Path | None, quiet: bool) -> None:
     """Measure this device's cost-model constants and write its profile (JSON).
 
     Times synthetic plans (full and partial tiles per list, balanced and unbalanced), reordered
@@ -76,7 +78,7 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     cfg = CalibrateConfig.for_device(device, quick)
     if backend != "auto":
         cfg.backend = backend
-    for name, value in (("dtypes", dtypes), ("head_dims", head_dims), ("blocks", blocks), ("kernels", kernels), ("parts", parts)):
+    for name, value in (("dtypes", dtypes), ("head_dims", head_dims), ("blocks", blocks), ("kernels", kernels), ("parts", parts), ("passes", passes)):
         if value is not None:
             setattr(cfg, name, value)
 

@@ -16,7 +16,9 @@ the same lists run without their permutation, whose ratio is the reordering fact
 SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``, and
 the backward of plans that run it through their dense pieces (prefix-LM, shared-question masks and
 equal documents), fitted as a cost per piece plus one per causal and per full pair.
-``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a profile).
+``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a profile), and
+``passes`` only the forward or backward of the tile kernels (``--passes``: after a change to one
+of them, the other pass's fits stay as they were measured).
 
 The synthetic masks are built from column intervals — each key column visible on one run of query
 rows — so an interval plan needs no row of them, and the block-sparse plan is converted from it
@@ -65,6 +67,7 @@ class CalibrateConfig:
     kernels: tuple[str, ...] | None = None  # None: block_sparse, and intervals where the backend runs it
     backend: str = "auto"
     parts: tuple[str, ...] = PARTS  # what to measure: tile kernels, reordering factors, dense SDPA, dense pieces
+    passes: tuple[str, ...] = cost.PASSES  # the tile kernels' passes to measure
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
 
@@ -240,19 +243,25 @@ class _Device:
         dt = getattr(torch, TORCH_DTYPES[dtype])
         return [torch.randn((1, heads, n, d), generator=gen, device=self.device, dtype=dt).requires_grad_(grad) for _ in range(count)]
 
-    def passes(self, loaded, heads: int, q_len: int, kv_len: int, d: int, dtype: str) -> tuple[float, float]:
-        """Forward time, and backward time alone, of one attention call through ``loaded``."""
+    def passes(self, loaded, heads: int, q_len: int, kv_len: int, d: int, dtype: str,
+               which: tuple[str, ...] = cost.PASSES) -> dict[str, float]:
+        """The times of ``which`` passes of one attention call through ``loaded``: the forward, and
+        the backward alone."""
         torch = self.torch
         (q,) = self.tensors(heads, q_len, d, dtype, 1, True)
         k, v = self.tensors(heads, kv_len, d, dtype, 2, True)
         backend = self.cfg.backend
-        fwd = self.time(lambda: loaded.attention(q, k, v, backend=backend))
-        out = loaded.attention(q, k, v, backend=backend)
-        grad = torch.randn_like(out)
-        bwd = self.time(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
-        del out, q, k, v, grad
+        times = {}
+        if "fwd" in which:
+            times["fwd"] = self.time(lambda: loaded.attention(q, k, v, backend=backend))
+        if "bwd" in which:
+            out = loaded.attention(q, k, v, backend=backend)
+            grad = torch.randn_like(out)
+            times["bwd"] = self.time(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
+            del out, grad
+        del q, k, v
         self.free()
-        return fwd, bwd
+        return times
 
     def free(self) -> None:
         import gc
@@ -289,7 +298,7 @@ class _Device:
 def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, say) -> dict[str, list[cost.KernelSample]]:
     from maskc.runtime import load_plan
 
-    samples: dict[str, list[cost.KernelSample]] = {"fwd": [], "bwd": []}
+    samples: dict[str, list[cost.KernelSample]] = {pass_: [] for pass_ in dev.cfg.passes}
     for e in experiments(dev.cfg.quick, dev.device.type == "cpu"):
         try:
             plan = synthetic_plan(e, kernel, block, block)
@@ -297,15 +306,16 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
             continue
         work = cost.work_of(plan)
         try:
-            fwd, bwd = dev.passes(load_plan(plan, dev.device), e.heads, plan.q_len, plan.kv_len, d, dtype)
+            times = dev.passes(load_plan(plan, dev.device), e.heads, plan.q_len, plan.kv_len, d, dtype, dev.cfg.passes)
         except Exception as err:  # noqa: BLE001  an experiment that does not fit (memory) is skipped, not fatal
             dev.notes.append(f"{kernel} {block}x{block} D={d} {dtype}: skipped {e}: {type(err).__name__}: {str(err)[:200]}")
             dev.free()
             continue
-        samples["fwd"].append(cost.KernelSample((work.rows,), e.heads, fwd))
-        samples["bwd"].append(cost.KernelSample((work.rows, work.cols), e.heads, bwd))
+        for pass_, ms in times.items():  # the backward walks the rows (dQ), then the columns (dK/dV)
+            samples[pass_].append(cost.KernelSample((work.rows,) if pass_ == "fwd" else (work.rows, work.cols), e.heads, ms))
         what = e.spec if e.layout in ("mask", "bench") else f"{e.layout} lists={len(e.full)}"
-        say(f"    {what} heads={e.heads} tiles={work.rows.full}+{work.rows.partial}: fwd {fwd:.4f} ms, bwd {bwd:.4f} ms")
+        say(f"    {what} heads={e.heads} tiles={work.rows.full}+{work.rows.partial}: "
+            + ", ".join(f"{pass_} {ms:.4f} ms" for pass_, ms in times.items()))
     return samples
 
 
@@ -336,9 +346,9 @@ def _reorder_samples(dev: _Device, block: int, d: int, dtype: str, say) -> list[
                 dev.notes.append(f"reorder {name} n={n} {block}x{block}: RCM did not pay off, no sample")
                 continue
             plain = dataclasses.replace(plan, arrays={**plan.arrays, "perm": plan.arrays["perm"][:0]})
-            times = [dev.passes(LoadedPlan(p, dev.device), heads, n, n, d, dtype) for p in (plain, plan)]
-            sample = {"mask": name, "n": n, "heads": heads, "fwd": [times[0][0], times[1][0]], "bwd": [times[0][1], times[1][1]]}
-            say(f"    {name} n={n}: fwd {times[0][0]:.4f} -> {times[1][0]:.4f} ms, bwd {times[0][1]:.4f} -> {times[1][1]:.4f} ms")
+            before, after = (dev.passes(LoadedPlan(p, dev.device), heads, n, n, d, dtype) for p in (plain, plan))
+            sample = {"mask": name, "n": n, "heads": heads, **{pass_: [before[pass_], after[pass_]] for pass_ in cost.PASSES}}
+            say(f"    {name} n={n}: fwd {before['fwd']:.4f} -> {after['fwd']:.4f} ms, bwd {before['bwd']:.4f} -> {after['bwd']:.4f} ms")
             out.append(sample)
     return out
 
@@ -352,15 +362,14 @@ def _sdpa_samples(dev: _Device, d: int, dtype: str) -> dict[tuple[str, str], tup
     sizes = (64, 128, 256) if dev.device.type == "cpu" else ((2048, 8192) if dev.cfg.quick else (1024, 4096, 8192, 16384))
     out = {}
     for mask, variant, source in (("full", "dense", library.full), ("causal", "dense_causal", library.causal)):
-        units, fwd, bwd = [], [], []
+        units, times = [], {pass_: [] for pass_ in cost.PASSES}
         for n in sizes:
             plan = compile_mask(source(n), block=128, variant=variant)
-            f, b = dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype)
+            for pass_, ms in dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype).items():
+                times[pass_].append(ms)
             units.append(plan.visible_pairs * heads)
-            fwd.append(f)
-            bwd.append(b)
-        out[(mask, "fwd")] = (units, fwd)
-        out[(mask, "bwd")] = (units, bwd)
+        for pass_ in cost.PASSES:
+            out[(mask, pass_)] = (units, times[pass_])
     return out
 
 
@@ -383,7 +392,7 @@ def _pieces_samples(dev: _Device, d: int, dtype: str) -> list[list[float]]:
             pieces = plan.arrays["pieces"]
             pairs = piece_pairs(pieces) * heads
             causal = pieces[:, 4] == 1
-            _, bwd = dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype)
+            bwd = dev.passes(load_plan(plan, dev.device), heads, n, n, d, dtype, ("bwd",))["bwd"]
             out.append([int(pieces.shape[0]), int(pairs[causal].sum()), int(pairs[~causal].sum()), bwd])
     return out
 
@@ -411,7 +420,7 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
         "device": dev.describe(),
         "environment": _environment(torch, command, dev._backend_name()),
         "settings": {"quick": cfg.quick, "dtypes": list(cfg.dtypes), "head_dims": list(cfg.head_dims), "blocks": list(cfg.blocks),
-                     "kernels": list(kernels), "parts": list(cfg.parts), "warmup_ms": cfg.warmup_ms, "rep_ms": cfg.rep_ms,
+                     "kernels": list(kernels), "parts": list(cfg.parts), "passes": list(cfg.passes), "warmup_ms": cfg.warmup_ms, "rep_ms": cfg.rep_ms,
                      "experiments": [e.__dict__ for e in experiments(cfg.quick, dev.device.type == "cpu")]},
         "kernels": [],
         "reorder": [],

@@ -82,6 +82,14 @@ def test_profiles_measured_in_parts_merge(tmp_path):
     data = json.loads(out.read_text())
     assert sorted((e["block"][0], e["pass"]) for e in data["kernels"]) == [(64, "bwd"), (64, "fwd"), (128, "bwd"), (128, "fwd")]
     assert len(data["sdpa"]) == 4 and len(data["reorder"]) == 2 and len(data["merged"]) == 1
+    before = {(e["block"][0], e["pass"]): e for e in data["kernels"]}
+    forward = CliRunner().invoke(cli, ["calibrate", "--device", "cpu", "--quick", "-o", str(out), "-q", "--only", "kernels", "--passes", "fwd",
+                                       "--kernels", "block_sparse", "--merge"])
+    assert forward.exit_code == 0, forward.output
+    after = {(e["block"][0], e["pass"]): e for e in json.loads(out.read_text())["kernels"]}
+    assert after.keys() == before.keys() and json.loads(out.read_text())["settings"]["passes"] == ["fwd"]
+    assert all(after[key] == before[key] for key in before if key[1] == "bwd")  # kept as measured
+    assert all(after[key]["samples"] != before[key]["samples"] for key in before if key[1] == "fwd")  # measured again
     other = json.loads(out.read_text())
     other["device"]["name"] = "Another GPU"
     out.write_text(json.dumps(other))
@@ -102,6 +110,7 @@ def test_profiles_measured_in_parts_merge(tmp_path):
         (["--refit", "nosamples.json"], "kernels[0] records no measurements to fit"),
         (["--refit", "badreorder.json"], "reorder[0]: every measurement must hold 'fwd': [plain_ms, reordered_ms], plain > 0"),
         (["--device", "cpu", "--quick", "-o", "x.json", "--only", "gather"], "choose from kernels, reorder, sdpa"),
+        (["--device", "cpu", "--quick", "-o", "x.json", "--passes", "both"], "choose from fwd, bwd"),
     ],
 )
 def test_calibrate_usage_errors(tmp_path, monkeypatch, args, message):
