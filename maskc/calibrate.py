@@ -6,8 +6,9 @@ number of full and partial tiles, forward and backward apart (the backward alone
 ``torch.autograd.grad(out, ..., retain_graph=True)`` on a saved forward), through the same
 ``LoadedPlan.attention`` a training step calls. The plans vary the tiles per list, the number of
 lists and heads, and their balance (one heavy list among light ones, a few heavy lists on an idle
-GPU), so a relative least-squares fit separates the launch cost, the per-program cost, the
-full-tile and partial-tile costs and the concurrency (:func:`maskc.cost.fit_kernel`). Library
+GPU), so a least-squares fit (each error relative to the time plus a noise floor) separates the
+launch cost, the per-program cost, the full-tile and partial-tile costs and the concurrency
+(:func:`maskc.cost.fit_kernel`). Library
 masks (causal, windows, documents, prefix-LM, Longformer, at lengths other than the
 benchmark's) add the loads of real masks, whose key tiles many query rows share. Every measurement
 is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
@@ -467,7 +468,8 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
 
 def _fit_kernel_entry(entry: dict[str, Any], where: str = "kernel entry") -> dict[str, Any]:
     """A kernel entry's constants and fit statistics, fitted to its ``samples``."""
-    fitted, stats = cost.fit_kernel([cost.KernelSample.from_dict(x) for x in _samples(entry, where)])
+    samples = [cost.KernelSample.from_dict(x) for x in _samples(entry, where)]
+    fitted, stats = cost.fit_kernel(samples, cost.NOISE_FLOOR_MS[entry["pass"]])
     entry.update(fitted.as_dict())
     entry["fit"] = stats.as_dict()
     return entry

@@ -34,16 +34,17 @@ def test_pareto_front_is_the_set_of_undominated_lists(rng):
         assert max(w_full * f + w_partial * p for f, p in front) == max(w_full * f + w_partial * p for f, p in points)
 
 
+@pytest.mark.parametrize("floor_ms", [0.0, 0.2])
 @pytest.mark.parametrize("pass_", ["fwd", "bwd"])
 @pytest.mark.parametrize("concurrency", [128.0, 100.0])
-def test_kernel_fit_recovers_the_constants_that_made_its_data(calibration_work, pass_, concurrency):
+def test_kernel_fit_recovers_the_constants_that_made_its_data(calibration_work, pass_, concurrency, floor_ms):
     rows, cols = cost.ListCosts(0.0008, 0.0021, 0.0034), cost.ListCosts(0.0013, 0.0026, 0.0031)
     true = cost.KernelCosts(0.012, (rows,) if pass_ == "fwd" else (rows, cols), concurrency)
     samples = []
     for e, work in calibration_work:
         lists = (work.rows,) if pass_ == "fwd" else (work.rows, work.cols)
         samples.append(cost.KernelSample(lists, e.heads, true.time(list(lists), e.heads)))
-    fitted, stats = cost.fit_kernel(samples)
+    fitted, stats = cost.fit_kernel(samples, floor_ms)
     tolerance = 1e-9 if concurrency == 128.0 else 1e-4  # 128 lies on the search grid, 100 between its points
     assert fitted.launch_ms == pytest.approx(true.launch_ms, rel=tolerance)
     assert fitted.concurrency == pytest.approx(true.concurrency, rel=tolerance)
