@@ -61,7 +61,9 @@ def main() -> None:
     plan = maskc.compile(source)
     compile_s = time.perf_counter() - start
     plan_bytes = len(plan.to_bytes())
-    print(f"{args.kind} N={n}: {plan.variant} plan, {plan.block_m}x{plan.block_n} tiles, {plan_bytes / 2**20:.2f} MiB, "
+    pieces = plan.arrays["pieces"].shape[0]
+    backward = f", backward through {pieces} dense pieces" if pieces else ""
+    print(f"{args.kind} N={n}: {plan.variant} plan, {plan.block_m}x{plan.block_n} tiles{backward}, {plan_bytes / 2**20:.2f} MiB, "
           f"compiled in {compile_s:.2f} s (the dense boolean mask would be {n * n / 2**30:.0f} GiB)")
 
     torch.cuda.reset_peak_memory_stats()
