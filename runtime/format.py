@@ -363,6 +363,7 @@ def validate(plan: Plan) -> None:
             if not np.array_equal(plan.arrays[name], expected[name]):
                 raise PlanError(f"plan {name} is not what its intervals make: the lists must be exactly the tiles the intervals leave non-empty, full ones first")
         _check_interval_pairs(plan)
+        _check_pieces_in_intervals(plan)
         return
     n_partial = plan.arrays["bitmaps"].shape[0]
     rows = _check_lists(plan, "row", plan.tiles_m, plan.tiles_n, n_partial)
@@ -379,6 +380,7 @@ def validate(plan: Plan) -> None:
     pairs = _count_visible(plan, r_m, r_n, r_t)
     if pairs != plan.visible_pairs:
         raise PlanError(f"plan visible_pairs={plan.visible_pairs} but its tiles hold {pairs}")
+    _check_pieces_in_tiles(plan, key_r[order_r], r_t[order_r])
 
 
 def _check_orders(plan: Plan) -> None:
@@ -401,7 +403,8 @@ def _check_orders(plan: Plan) -> None:
 
 def _check_pieces(plan: Plan) -> None:
     """``pieces`` is absent or at most :data:`MAX_PIECES` in-bounds, causal-square, pairwise disjoint
-    rectangles of a one-slice tile plan in token order that hold exactly its visible pairs."""
+    rectangles of a one-slice tile plan in token order that hold exactly its visible pairs (that
+    each of their pairs is visible, which makes them the mask, is checked with the lists)."""
     pieces = plan.arrays["pieces"]
     if pieces.shape[1:] != (len(PIECE_FIELDS),):
         raise PlanError(f"plan pieces has shape {list(pieces.shape)}, expected [n, {len(PIECE_FIELDS)}]")
@@ -422,6 +425,61 @@ def _check_pieces(plan: Plan) -> None:
     pairs = int(piece_pairs(pieces).sum())
     if pairs != plan.visible_pairs:
         raise PlanError(f"plan pieces hold {pairs} pairs but the plan's mask has visible_pairs={plan.visible_pairs}")
+
+
+# Disjoint pieces that hold visible_pairs pairs, all of them visible, are exactly the mask: the two
+# checks below look only for a piece pair the plan masks, in O(kv_len) for interval plans and in
+# the tiles the pieces touch for bitmap plans.
+
+
+def _piece_rows(q0: int, q1: int, k0: int, causal: int, cols: np.ndarray) -> np.ndarray:
+    """The first query row of each of ``cols`` that a piece covers (its rows run to ``q1``)."""
+    return q0 + (cols - k0) if causal else np.full(cols.shape, q0, dtype=np.int64)
+
+
+def _not_the_mask(i: int, q0: int, q1: int, k0: int, k1: int) -> PlanError:
+    return PlanError(f"plan piece {i} (rows {q0}:{q1}, keys {k0}:{k1}) covers pairs the plan's mask leaves out: "
+                     "its pieces must be exactly its mask")
+
+
+def _check_pieces_in_intervals(plan: Plan) -> None:
+    """Every pair of every piece is visible in the (one-slice) interval vectors."""
+    iv = interval_vectors(plan)
+    for i, (q0, q1, k0, k1, causal) in enumerate(plan.arrays["pieces"].astype(np.int64).tolist()):
+        cols = np.arange(k0, k1, dtype=np.int64)
+        first = _piece_rows(q0, q1, k0, causal, cols)
+        for lo, hi in ((iv_form.LTS, iv_form.LTE), (iv_form.UTS, iv_form.UTE)):
+            if np.any(np.maximum(first, iv[0, lo, k0:k1]) < np.minimum(q1, iv[0, hi, k0:k1])):
+                raise _not_the_mask(i, q0, q1, k0, k1)
+
+
+def _check_pieces_in_tiles(plan: Plan, keys: np.ndarray, tiles: np.ndarray) -> None:
+    """Every pair of every piece lies in a listed tile, and in a partial tile on a set bit.
+    ``keys`` (sorted) and ``tiles`` are the plan's entries as ``m * tiles_n + n`` and tile ids."""
+    bm, bn = plan.block_m, plan.block_n
+    for i, (q0, q1, k0, k1, causal) in enumerate(plan.arrays["pieces"].astype(np.int64).tolist()):
+        m = np.arange(q0 // bm, (q1 - 1) // bm + 1, dtype=np.int64)
+        n = np.arange(k0 // bn, (k1 - 1) // bn + 1, dtype=np.int64)
+        # A causal piece reaches tile (m, n) when the tile's last row of the piece sees its first key.
+        last_row = np.minimum((m + 1) * bm, q1) - 1
+        first_col = np.maximum(n * bn, k0)
+        reached = (first_col[None, :] - k0 <= last_row[:, None] - q0) if causal else np.ones((m.size, n.size), dtype=bool)
+        tm, tn = np.nonzero(reached)
+        wanted = m[tm] * plan.tiles_n + n[tn]
+        at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+        if keys.size == 0 or np.any(keys[at] != wanted):
+            raise _not_the_mask(i, q0, q1, k0, k1)
+        partial = tiles[at] >= 0
+        for start in range(0, int(partial.sum()), 4096):  # bounded memory: 4096 tiles' bits at a time
+            pick = np.flatnonzero(partial)[start:start + 4096]
+            words = np.ascontiguousarray(plan.arrays["bitmaps"][tiles[at[pick]]], dtype="<u4")
+            bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little").reshape(-1, bm, bn).astype(bool)
+            rows = (m[tm[pick]] * bm)[:, None, None] + np.arange(bm)[None, :, None]
+            cols = (n[tn[pick]] * bn)[:, None, None] + np.arange(bn)[None, None, :]
+            first = _piece_rows(q0, q1, k0, causal, cols)
+            needed = (rows >= first) & (rows < q1) & (cols >= k0) & (cols < k1)
+            if np.any(needed & ~bits):
+                raise _not_the_mask(i, q0, q1, k0, k1)
 
 
 def pieces_take(dtype: str, head_dim: int, heads: int, kv_heads: int) -> bool:
@@ -531,6 +589,7 @@ def _derive_lists(plan: Plan) -> None:
     plan.arrays.update(_interval_lists(plan))
     _check_interval_pairs(plan)
     _check_pieces(plan)
+    _check_pieces_in_intervals(plan)
 
 
 def _check_lists(plan: Plan, prefix: str, n_lists: int, n_other: int, n_partial: int):

@@ -108,6 +108,30 @@ def test_hostile_pieces_are_refused(pieces, message):
         fmt.validate(plan)
 
 
+@pytest.mark.parametrize("variant", ["block_sparse", "intervals"])
+@pytest.mark.parametrize("pieces", [
+    [[0, 30, 0, 100, 0], [30, 100, 30, 100, 1]],  # as many pairs, in bounds and disjoint, but not the mask
+    [[0, 100, 0, 30, 0], [30, 100, 30, 100, 0]],  # the causal square sent as a full one (pair count differs)
+])
+def test_pieces_that_are_not_the_mask_are_refused(variant, pieces):
+    plan = maskc.compile(library.prefix_lm(100, 30), block=32, variant=variant, backward="pieces")
+    plan.arrays["pieces"] = np.array(pieces, dtype="<i4")
+    with pytest.raises(PlanError, match="pieces"):
+        fmt.validate(plan)
+    with pytest.raises(PlanError, match="pieces"):
+        fmt.decode(plan.to_bytes())
+
+
+@pytest.mark.parametrize("variant", ["block_sparse", "intervals"])
+def test_pieces_of_a_bitmap_or_interval_plan_that_are_the_mask_pass(variant):
+    source = library.shared_question(50, [30, 40])
+    plan = maskc.compile(source, block=32, variant=variant, backward="pieces")
+    assert plan.arrays["pieces"].shape[0] == 4
+    fmt.validate(plan)
+    back = fmt.decode(plan.to_bytes())
+    assert np.array_equal(pieces_mask(back.arrays["pieces"], 120, 120), source.to_dense()[0, 0])
+
+
 def test_only_one_slice_tile_plans_in_token_order_carry_pieces():
     two_heads = maskc.compile(library.stack([library.prefix_lm(100, 30)] * 2), block=32)
     two_heads.arrays["pieces"] = _pieced_plan().arrays["pieces"]
