@@ -8,9 +8,9 @@ number of full and partial tiles, forward and backward apart (the backward alone
 lists and heads, and their balance (one heavy list among light ones, a few heavy lists on an idle
 GPU), so a least-squares fit (each error relative to the time plus a noise floor) separates the
 launch cost, the per-program cost, the full-tile and partial-tile costs and the concurrency
-(:func:`maskc.cost.fit_kernel`). Library
-masks (causal, windows, documents, prefix-LM, Longformer, at lengths other than the
-benchmark's) add the loads of real masks, whose key tiles many query rows share. Every measurement
+(:func:`maskc.cost.fit_kernel`). Library masks (causal, windows, documents, prefix-LM,
+Longformer, at lengths other than the benchmark's) add the loads of real masks, whose key tiles
+many query rows share. Every measurement
 is kept in the profile next to the constants fitted to it (:func:`refit` fits them again). It also
 times reordered plans of scattered masks (hash buckets, a permuted band, a token tree) against
 the same lists run without their permutation, whose ratio is the reordering factor of each pass,
