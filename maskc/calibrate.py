@@ -11,9 +11,9 @@ launch cost, the per-program cost, the full-tile and partial-tile costs and the 
 (:func:`maskc.cost.fit_kernel`). Library masks (causal, windows, documents, prefix-LM,
 Longformer, at lengths other than the benchmark's) add the loads of real masks, whose key tiles
 many query rows share. Every measurement is kept in the profile next to the constants fitted to
-it (:func:`refit` fits them again). It also times reordered plans of scattered masks (hash buckets, a permuted band, a token tree) against
-the same lists run without their permutation, whose ratio is the reordering factor of each pass,
-SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``, and
+it (:func:`refit` fits them again). It also times reordered plans of scattered masks (hash
+buckets, a permuted band, a token tree) against the same lists run without their permutation,
+whose ratio is the reordering factor of each pass, SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``, and
 the backward of plans that run it through their dense pieces (prefix-LM, shared-question masks and
 equal documents), fitted as a cost per piece plus one per causal and per full pair.
 ``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a profile), and
