@@ -8,17 +8,17 @@ number of full and partial tiles, forward and backward apart (the backward alone
 lists and heads, and their balance (one heavy list among light ones, a few heavy lists on an idle
 GPU), so a least-squares fit (each error relative to the time plus a noise floor) separates the
 launch cost, the per-program cost, the full-tile and partial-tile costs and the concurrency
-(:func:`maskc.cost.fit_kernel`). Library masks (causal, windows, documents, prefix-LM,
-Longformer, at lengths other than the benchmark's) add the loads of real masks, whose key tiles
-many query rows share. Every measurement is kept in the profile next to the constants fitted to
-it (:func:`refit` fits them again). It also times reordered plans of scattered masks (hash
-buckets, a permuted band, a token tree) against the same lists run without their permutation,
-whose ratio is the reordering factor of each pass, SDPA on all-true and causal masks (through dense plans), fitted as ``launch + unit · pairs``, and
-the backward of plans that run it through their dense pieces (prefix-LM, shared-question masks and
-equal documents), fitted as a cost per piece plus one per causal and per full pair.
-``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a profile), and
-``passes`` only the forward or backward of the tile kernels (``--passes``: after a change to one
-of them, the other pass's fits stay as they were measured).
+(:func:`maskc.cost.fit_kernel`). Library masks (causal, windows, documents, prefix-LM, Longformer,
+at lengths other than the benchmark's) add the loads of real masks, whose key tiles many query rows
+share. Every measurement is kept in the profile next to the constants fitted to it (:func:`refit`
+fits them again). It also times reordered plans of scattered masks (hash buckets, a permuted band,
+a token tree) against the same lists run without their permutation, whose ratio is the reordering
+factor of each pass, SDPA on all-true and causal masks (through dense plans), fitted as ``launch +
+unit · pairs``, and the backward of plans that run it through their dense pieces (prefix-LM,
+shared-question masks and equal documents), fitted as a cost per piece plus one per causal and per
+full pair. ``parts`` measures only some of the four (``--only``; ``--merge`` keeps the rest of a
+profile), and ``passes`` only the forward or backward of the tile kernels (``--passes``: after a
+change to one of them, the other pass's fits stay as they were measured).
 
 The synthetic masks are built from column intervals — each key column visible on one run of query
 rows — so an interval plan needs no row of them, and the block-sparse plan is converted from it
