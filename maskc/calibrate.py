@@ -454,7 +454,7 @@ def _calibrate(dev: _Device, cfg: CalibrateConfig, say: Callable[[str], None], c
                 for (mask, pass_), (units, times) in _sdpa_samples(dev, d, dtype).items():
                     profile["sdpa"].append(_fit_linear_entry({"mask": mask, "pass": pass_, "head_dim": bucket, "dtype": dtype,
                                                               "samples": [list(p) for p in zip(units, times)]}, "pair_ms"))
-            if "pieces" in cfg.parts and pieces_take(dtype, d, 1, 1):  # where the runtime runs them (cuDNN)
+            if "pieces" in cfg.parts and pieces_take(dtype, d):  # where the runtime runs them (cuDNN)
                 say(f"backward through dense pieces, head dim {d}, {dtype}")
                 entry = _fit_pieces_entry({"head_dim": bucket, "dtype": dtype, "samples": _pieces_samples(dev, d, dtype)})
                 profile["pieces"].append(entry)

@@ -538,9 +538,9 @@ def predict(profile: Profile, candidate: Candidate, work: Work, workload: Worklo
     if candidate.pieces:
         if work.pieces is None:
             raise ProfileError(f"candidate {candidate.name} has no pieces recorded")
-        if not pieces_take(workload.dtype, workload.head_dim, workload.heads, workload.kv_heads or workload.heads):
-            raise ProfileError(f"a {workload.describe()} call runs the tile backward, not the dense pieces' (they need bf16 or fp16, "
-                               "a head dim that is a multiple of 8 up to 128, and as many key/value heads as query heads)")
+        if not pieces_take(workload.dtype, workload.head_dim):
+            raise ProfileError(f"a {workload.describe()} call runs the tile backward, not the dense pieces' (they need bf16 or fp16 "
+                               "and a head dim that is a multiple of 8 up to 128)")
     fwd = profile.kernel(candidate.kernel, "fwd", candidate.block, workload).time([work.rows], mult)
     if candidate.pieces:
         return Prediction(fwd, profile.pieces_cost(workload).time(work.pieces, mult))

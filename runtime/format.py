@@ -482,12 +482,12 @@ def _check_pieces_in_tiles(plan: Plan, keys: np.ndarray, tiles: np.ndarray) -> N
                 raise _not_the_mask(i, q0, q1, k0, k1)
 
 
-def pieces_take(dtype: str, head_dim: int, heads: int, kv_heads: int) -> bool:
+def pieces_take(dtype: str, head_dim: int) -> bool:
     """Whether a GPU call runs its backward through a plan's dense pieces (cuDNN's attention
-    backward): half precision (``dtype`` "bf16" or "fp16"), a head dim that is a multiple of 8 up
-    to 128, and as many key/value heads as query heads; other calls run the tile backward. The
-    runtime applies it per call, the cost model to the workload it predicts."""
-    return dtype in ("bf16", "fp16") and head_dim % 8 == 0 and head_dim <= 128 and heads == kv_heads
+    backward): half precision (``dtype`` "bf16" or "fp16") and a head dim that is a multiple of 8
+    up to 128; other calls run the tile backward. The runtime applies it per call, the cost model
+    to the workload it predicts. Grouped key/value heads are taken too (run as their query heads)."""
+    return dtype in ("bf16", "fp16") and head_dim % 8 == 0 and head_dim <= 128
 
 
 def piece_pairs(pieces: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ backend, CPU included. A reordered plan is run by the backend itself: the kernel
 the caller's tensors through the plan's permutation, so callers never see the reordering and no
 gathered copy is made. A plan with dense pieces runs its forward in the tile kernels and its
 backward through the pieces with cuDNN's attention backward (``maskc.runtime.pieces``), where the
-inputs allow (half precision, as many key/value heads as query heads), else in the tile kernels.
+inputs allow (half precision, a head dim up to 128), else in the tile kernels.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class LoadedPlan:
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
         # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
-        pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q, k) else ()
+        pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q) else ()
         return _Attention.apply(q, k, v, dplan, scale, impl, pieces)
 
     __call__ = attention

@@ -25,14 +25,12 @@ Piece = tuple[int, int, int, int, bool]  # q0, q1, k0, k1, causal
 _SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # the dtype names of pieces_take
 
 
-def supported(q: torch.Tensor, k: torch.Tensor) -> bool:
+def supported(q: torch.Tensor) -> bool:
     """Whether :func:`backward` runs these inputs: on a GPU as :func:`maskc.runtime.format.pieces_take`
-    says and where cuDNN's attention is available; on a CPU (the torch sums) with as many key/value
-    heads as query heads."""
+    says and where cuDNN's attention is available; on a CPU (the torch sums) always."""
     if not q.is_cuda:
-        return q.shape[1] == k.shape[1]
-    dtype = _SHORT.get(q.dtype, "")
-    return pieces_take(dtype, q.shape[-1], q.shape[1], k.shape[1]) and _cudnn_attention(q.device)
+        return True
+    return pieces_take(_SHORT.get(q.dtype, ""), q.shape[-1]) and _cudnn_attention(q.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,7 +42,20 @@ def _cudnn_attention(device: torch.device) -> bool:
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
              pieces: tuple[Piece, ...], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dq, dk, dv`` of ``o = attention(q, k, v)`` under the mask the pieces cover, from the forward's
-    ``o`` and ``lse`` (``[B, H, Nq]``, natural log); rows and keys outside every piece get zeros."""
+    ``o`` and ``lse`` (``[B, H, Nq]``, natural log); rows and keys outside every piece get zeros.
+    Grouped key/value heads (``Hq`` a multiple of ``Hkv``) run as their query heads: ``k`` and
+    ``v`` repeated per group, their gradients summed back over it in float32."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = (t.repeat_interleave(group, dim=1) for t in (k, v))
+    dq, dk, dv = _by_pieces(do, q, k, v, o, lse, pieces, scale)
+    if group > 1:
+        dk, dv = (t.unflatten(1, (-1, group)).sum(2, dtype=torch.float32).to(t.dtype) for t in (dk, dv))
+    return dq, dk, dv
+
+
+def _by_pieces(do, q, k, v, o, lse, pieces: tuple[Piece, ...], scale: float):
+    """:func:`backward` with as many key/value heads as query heads."""
     if q.is_cuda:
         piece_backward = functools.partial(_cudnn_piece, torch.zeros((), dtype=torch.int64, device=q.device))
     else:

@@ -160,22 +160,28 @@ def test_backward_through_pieces_matches_the_reference(source):
     ref = dense_reference(q, k, v, source.to_dense()[0, 0], scale, grad)
     qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
     out = loaded.attention(qs, ks, vs, scale=scale, backend="triton")
-    assert loaded.on(q.device).pieces and dense_pieces.supported(q, k)
+    assert loaded.on(q.device).pieces and dense_pieces.supported(q)
     out.backward(grad)
     for got, want in zip((out, qs.grad, ks.grad, vs.grad), ref):
         assert rel_err(got, want) < 1e-5
 
 
-def test_grouped_heads_keep_the_tile_backward():
+@pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa", "mqa"])
+def test_grouped_heads_run_through_the_pieces_as_their_query_heads(kv_heads, monkeypatch):
     source = library.prefix_lm(96, 20)
     loaded = load_plan(_pieced_plan(source))
-    q, grad = torch.randn(1, 4, 96, 16), torch.randn(1, 4, 96, 16)
-    k, v = torch.randn(1, 2, 96, 16), torch.randn(1, 2, 96, 16)
-    assert not dense_pieces.supported(q, k)
+    gen = torch.Generator().manual_seed(5)
+    q, grad = (torch.randn(1, 4, 96, 16, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, kv_heads, 96, 16, generator=gen) for _ in range(2))
+    calls = []
+    by_pieces = dense_pieces._by_pieces
+    monkeypatch.setattr(dense_pieces, "_by_pieces", lambda *args: calls.append(args[2].shape) or by_pieces(*args))
     ref = dense_reference(q, k, v, source.to_dense()[0, 0], 0.25, grad)
     qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
     out = loaded.attention(qs, ks, vs, scale=0.25, backend="triton")
     out.backward(grad)
+    assert calls == [torch.Size([1, 4, 96, 16])]  # k (and v) repeated to the query heads
+    assert ks.grad.shape == k.shape and vs.grad.shape == v.shape
     for got, want in zip((out, qs.grad, ks.grad, vs.grad), ref):
         assert rel_err(got, want) < 1e-5
 
@@ -208,7 +214,7 @@ def test_the_model_predicts_pieces_from_the_profile():
     assert dataclasses.asdict(fitted).keys() == {"piece_ms", "causal_pair_ms", "full_pair_ms"}
 
 
-@pytest.mark.parametrize("workload", [dict(kv_heads=4), dict(dtype="fp32"), dict(head_dim=256)], ids=["gqa", "fp32", "wide"])
+@pytest.mark.parametrize("workload", [dict(dtype="fp32"), dict(head_dim=256)], ids=["fp32", "wide"])
 def test_the_model_never_predicts_pieces_for_a_call_that_runs_the_tile_backward(workload):
     from maskc import cost
 
@@ -218,6 +224,7 @@ def test_the_model_never_predicts_pieces_for_a_call_that_runs_the_tile_backward(
     work = cost.Work(100, 100, 1, 1, 3000, lists, lists, pieces=((True, 2000),))
     with pytest.raises(cost.ProfileError, match="tile backward"):
         cost.predict(profile, cost.Candidate("block_sparse", (64, 64), pieces=True), work, cost.Workload(**workload))
+    assert maskc.runtime.format.pieces_take("bf16", 128) and not maskc.runtime.format.pieces_take("bf16", 100)
 
 
 def test_the_cli_refuses_pieces_a_mask_does_not_have_in_one_line(tmp_path):
