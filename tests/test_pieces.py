@@ -72,6 +72,21 @@ def test_pieces_cover_exactly_the_mask(data, kind):
     assert np.all(pieces[pieces[:, 4] == 1, 1] - pieces[pieces[:, 4] == 1, 0] == pieces[pieces[:, 4] == 1, 3] - pieces[pieces[:, 4] == 1, 2])
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.data(), st.sampled_from(["prefix_lm", "documents", "shared_question", "causal_blockwise", "union"]),
+       st.sampled_from(["block_sparse", "intervals"]))
+def test_the_reader_takes_every_plans_own_pieces(data, kind, variant):
+    """The exactness check never refuses the pieces the compiler found (its refusals:
+    test_pieces_that_are_not_the_mask_are_refused)."""
+    source = _source(kind, data.draw)
+    try:
+        plan = maskc.compile(source, block=32, variant=variant, backward="pieces")
+    except MaskError:  # no pieces, or more than a plan may carry
+        return
+    back = fmt.decode(plan.to_bytes())
+    assert np.array_equal(back.arrays["pieces"], plan.arrays["pieces"]) and back.arrays["pieces"].shape[0] >= 1
+
+
 def test_the_masks_made_of_pieces_are_found():
     assert find_pieces(structured_intervals(library.prefix_lm(300, 77)), 300).tolist() == [[0, 300, 0, 77, 0], [77, 300, 77, 300, 1]]
     assert find_pieces(structured_intervals(library.causal(64)), 64).tolist() == [[0, 64, 0, 64, 1]]
