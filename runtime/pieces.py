@@ -67,7 +67,7 @@ def _by_pieces(do, q, k, v, o, lse, pieces: tuple[Piece, ...], scale: float):
                                lse[:, :, rows], causal, scale)
         for total, part, span in zip((dq, dk, dv), grads, (rows, keys, keys)):
             total[:, :, span] += part
-        del grads  # one piece's gradients alive at a time, not two while the next piece runs
+        del grads, part  # one piece's gradients alive at a time, not two while the next piece runs
     return dq, dk, dv
 
 
