@@ -469,11 +469,10 @@ def _check_pieces_in_tiles(plan: Plan, keys: np.ndarray, tiles: np.ndarray) -> N
         at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
         if keys.size == 0 or np.any(keys[at] != wanted):
             raise _not_the_mask(i, q0, q1, k0, k1)
-        partial = tiles[at] >= 0
-        for start in range(0, int(partial.sum()), 4096):  # bounded memory: 4096 tiles' bits at a time
-            pick = np.flatnonzero(partial)[start:start + 4096]
-            words = np.ascontiguousarray(plan.arrays["bitmaps"][tiles[at[pick]]], dtype="<u4")
-            bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little").reshape(-1, bm, bn).astype(bool)
+        partial = np.flatnonzero(tiles[at] >= 0)
+        for start in range(0, partial.size, 4096):  # bounded memory: 4096 tiles' bits at a time
+            pick = partial[start:start + 4096]
+            bits = bitmap_bits(plan, tiles[at[pick]])
             rows = (m[tm[pick]] * bm)[:, None, None] + np.arange(bm)[None, :, None]
             cols = (n[tn[pick]] * bn)[:, None, None] + np.arange(bn)[None, None, :]
             first = _piece_rows(q0, q1, k0, causal, cols)
@@ -637,9 +636,11 @@ def _count_visible(plan: Plan, m: np.ndarray, n: np.ndarray, tile: np.ndarray) -
     return total
 
 
-def bitmap_bits(plan: Plan) -> np.ndarray:
-    """Unpack the partial bitmaps to booleans ``[P, block_m, block_n]``."""
-    words = np.ascontiguousarray(plan.arrays["bitmaps"], dtype="<u4")
+def bitmap_bits(plan: Plan, tiles: np.ndarray | None = None) -> np.ndarray:
+    """Unpack the partial bitmaps (those of tile ids ``tiles``, else all) to booleans
+    ``[P, block_m, block_n]``."""
+    bitmaps = plan.arrays["bitmaps"]
+    words = np.ascontiguousarray(bitmaps if tiles is None else bitmaps[tiles], dtype="<u4")
     bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
     return bits.reshape(words.shape[0], plan.block_m, plan.block_n).astype(bool)
 
