@@ -237,21 +237,25 @@ def compile(
     if block == AUTO:
         plan = _compile_auto(source, cost.resolve_profile(profile), variant, reorder, workload, objective, progress, backward)
     else:
-        plan = _compile_fixed(source, block, variant, reorder, progress)
-        if backward == "pieces":
-            plan.arrays["pieces"] = _pieces_of(source, plan)
+        plan = _compile_fixed(source, block, variant, reorder, progress, backward)
     if schedule == "lpt":
         plan.arrays.update(launch_orders(plan))
     return plan
 
 
-def _compile_fixed(source: MaskSource, block: tuple[int, int], variant: str, reorder: str, progress: Progress | None) -> Plan:
-    """Compile as told: no cost model (``reorder="auto"`` is no reordering)."""
+def _compile_fixed(source: MaskSource, block: tuple[int, int], variant: str, reorder: str, progress: Progress | None,
+                   backward: str = "auto") -> Plan:
+    """Compile as told: no cost model (``reorder="auto"`` is no reordering; ``backward="auto"``
+    is the tile backward)."""
     if reorder == "rcm":
-        return _compile_reordered(source, block, variant, progress)
-    if variant in DENSE_VARIANTS:
-        return _compile_dense(source, block, variant, progress)
-    return _compile_tiles(source, block, variant, progress)
+        plan = _compile_reordered(source, block, variant, progress)
+    elif variant in DENSE_VARIANTS:
+        plan = _compile_dense(source, block, variant, progress)
+    else:
+        plan = _compile_tiles(source, block, variant, progress)
+    if backward == "pieces":
+        plan.arrays["pieces"] = _pieces_of(source, plan)
+    return plan
 
 
 def _pieces_of(source: MaskSource, plan: Plan) -> np.ndarray:
@@ -391,9 +395,7 @@ def _compile_auto(
 ) -> Plan:
     """``block="auto"``: the fastest predicted candidate, or the fixed rules without a usable profile."""
     if profile is None:
-        plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", progress)
-        if backward == "pieces":
-            plan.arrays["pieces"] = _pieces_of(source, plan)
+        plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", progress, backward)
         note = (f"no cost-model profile (set {cost.ENV_PROFILE} or pass a profile; 'maskc calibrate' measures one): "
                 f"{FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule")
         plan.predictions = cost.record(None, workload, objective, {}, None, note)
