@@ -180,9 +180,34 @@ def test_ragged_full_tiles_at_edge():
     assert out["plan"].tile_counts()["tiles_partial"] == 0
 
 
+@pytest.mark.parametrize("walk", [False, True])
 @pytest.mark.parametrize("hkv", [2, 1])
-def test_gqa(hkv):
+def test_gqa(hkv, walk, monkeypatch):
+    if walk:  # one dK/dV program per key/value head, as on a GPU with programs enough to fill it
+        monkeypatch.setattr(common, "_sm_count", lambda device: 1)
     run(holes(causal(128, 128), 7), B=2, Hq=4, Hkv=hkv, block=(32, 32), D=32, seed=hkv)
+
+
+@pytest.mark.parametrize("hkv", [1, 2])
+def test_gqa_group_split_or_walked(hkv, monkeypatch):
+    """One dK/dV program per query head, float32 shares summed over the group afterwards (global
+    key columns here), gives the gradients of one program walking the whole group."""
+    mask = sliding_window(160, 160, 24)
+    mask[:, :5] = True  # global keys: their columns are far longer than the window's
+    split = run(mask, B=2, Hq=4, Hkv=hkv, block=(32, 32), seed=40 + hkv, heads_fast=True)
+    monkeypatch.setattr(common, "_sm_count", lambda device: 1)  # the few programs of a small test fill it
+    whole = run(mask, B=2, Hq=4, Hkv=hkv, block=(32, 32), seed=40 + hkv, heads_fast=False)
+    for name in ("dk", "dv"):
+        assert rel(split[name], whole[name]) < 1e-5, name
+    assert torch.equal(split["dq"], whole["dq"])
+
+
+def test_group_parts_rule():
+    cpu = torch.device("cpu")
+    assert common.group_parts(1, True, 8, cpu) == 1
+    assert common.group_parts(4, True, 10**6, cpu) == 4  # unbalanced columns
+    assert common.group_parts(16, False, 64, cpu) == 16  # fewer programs than SMs
+    assert common.group_parts(4, False, 256, cpu) == 1
 
 
 def test_per_head_masks_with_gqa():

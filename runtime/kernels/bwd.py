@@ -11,7 +11,11 @@
    rows and the dK/dV accumulators, and for each query head of its GQA group walks that head's
    column list (full tiles, then partial tiles), stepping through each query tile ``SUB_M`` rows at
    a time, reading lse and delta. dK/dV are therefore summed over the group in registers and
-   written once.
+   written once. Where a few columns are much longer than the rest (global tokens) or the programs
+   are too few to fill the GPU, walking a group's heads one after another would multiply the
+   longest program by the group size: there each program takes one query head
+   (``PARTS == GROUP``, :func:`common.group_parts`) and writes its float32 share, which the host
+   sums over the group.
 
 Partial tiles are masked from their bitmap (block-sparse plans) or from the key columns' row
 intervals (interval plans, constexpr ``INTERVALS``). With S = scale * Q K^T and P = softmax(S) over
@@ -30,7 +34,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common as _common, config as _config
 from maskc.runtime.kernels.common import (
     LOG2E, LOG2E_F, check_inputs, check_steps, interval_visible, lastdim_contiguous, load_intervals, load_tile, plan_tensor,
-    heads_fast, launch_grid, perm_rows, program_ids, row_program, seq_ptrs, tile_bits,
+    group_parts, heads_fast, launch_grid, perm_rows, program_ids, row_program, seq_ptrs, tile_bits,
 )
 from maskc.runtime.kernels.fwd import dot_precision
 
@@ -106,25 +110,28 @@ def _dkdv_kernel(
     stride_dob, stride_doh, stride_dom,
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
-    Hq, Hkv, Nq, Nk, group, slice_b, slice_h, tiles_n,
+    Hq, Hkv, Nq, Nk, slice_b, slice_h, tiles_n,
     scale, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    GROUP: tl.constexpr, PARTS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
     GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     SPLIT: tl.constexpr = BLOCK_N // KEYS  # programs per key tile (1 unless wide heads need fewer keys each)
+    HEADS: tl.constexpr = GROUP // PARTS  # query heads per program: the whole GQA group, or one
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_tile, pid_bh = program_ids(HEADS_FAST)
-    b = pid_bh // Hkv
-    h_kv = pid_bh % Hkv
+    pid_tile, pid_part = program_ids(HEADS_FAST)  # pid_part = (b * Hkv + h_kv) * PARTS + part
+    part = pid_part % PARTS
+    b = pid_part // PARTS // Hkv
+    h_kv = pid_part // PARTS % Hkv
+    h0 = h_kv * GROUP + part * HEADS  # the program's first query head
 
     # The key tile: the plan's launch order (heaviest columns first) when it has one, taken from the
-    # mask slice of the group's first query head; any order covers every column exactly once.
+    # mask slice of the program's first query head; any order covers every column exactly once.
     tile = pid_tile // SPLIT
     if ORDERED:
-        pid_n = tl.load(col_order + (b * slice_b + h_kv * group * slice_h) * tiles_n + tile)
+        pid_n = tl.load(col_order + (b * slice_b + h0 * slice_h) * tiles_n + tile)
     else:
         pid_n = tile
     key0 = (pid_tile % SPLIT) * KEYS  # the program's first key inside its tile
@@ -147,9 +154,10 @@ def _dkdv_kernel(
 
     dk = tl.zeros([KEYS, D_PAD], dtype=tl.float32)
     dv = tl.zeros([KEYS, D_PAD], dtype=tl.float32)
-    # GQA: the query heads h_kv * group ... h_kv * group + group - 1 all read this K/V head; sum them here.
-    for g in range(group):
-        h = h_kv * group + g
+    # GQA: the query heads h_kv * GROUP ... h_kv * GROUP + GROUP - 1 all read this K/V head; sum the
+    # program's HEADS of them here.
+    for g in range(HEADS):
+        h = h0 + g
         mask_slice = b * slice_b + h * slice_h  # slice strides are 0 where the mask broadcasts
         col = mask_slice * tiles_n + pid_n
         lo = tl.load(col_ptr + col)
@@ -178,8 +186,10 @@ def _dkdv_kernel(
 
     dk = dk * scale
     out_ok = n_ok[:, None] & d_ok[None, :]
-    DK_head = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
-    DV_head = DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
+    # dK/dV have Hkv * PARTS heads: one per key/value head, or one share per query head
+    out_h = (h_kv * PARTS + part).to(tl.int64)
+    DK_head = DK + b.to(tl.int64) * stride_dkb + out_h * stride_dkh
+    DV_head = DV + b.to(tl.int64) * stride_dvb + out_h * stride_dvh
     dk_ptrs = seq_ptrs(DK_head, start_n, offs_j, stride_dkn, offs_d, key_rows, GATHER, False)
     dv_ptrs = seq_ptrs(DV_head, start_n, offs_j, stride_dvn, offs_d, key_rows, GATHER, False)
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=out_ok)
@@ -243,9 +253,9 @@ def _dq_kernel(
     stride_dob, stride_doh, stride_dom,
     stride_ob, stride_oh, stride_om,
     stride_dqb, stride_dqh, stride_dqm,
-    Hq, Nq, Nk, group, slice_b, slice_h, tiles_m,
+    Hq, Nq, Nk, slice_b, slice_h, tiles_m,
     scale, qk_scale,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
     GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -253,7 +263,7 @@ def _dq_kernel(
     WORDS: tl.constexpr = BLOCK_N // 32
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
-        row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m, BLOCK_M, ROWS, ORDERED, HEADS_FAST)
+        row_ptr, row_full, row_order, Hq, GROUP, slice_b, slice_h, tiles_m, BLOCK_M, ROWS, ORDERED, HEADS_FAST)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
 
     # Base pointers in int64: batch and head (B*H*N*D can exceed 2**31).
@@ -326,7 +336,7 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     check_steps(plan.row_col.numel(), plan.block_n // cfg.dq_sub_n)
     check_steps(plan.col_row.numel(), plan.block_m // cfg.dkdv_sub_m)
     intervals, row_order, col_order = (plan_tensor(plan, name) for name in ("intervals", "row_order", "col_order"))
-    common = dict(HEAD_DIM=D, D_PAD=g["D_PAD"])
+    common = dict(GROUP=g["group"], HEAD_DIM=D, D_PAD=g["D_PAD"])
     shape = dict(
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         EVEN_M=Nq % plan.block_m == 0, EVEN_N=Nk % plan.block_n == 0,
@@ -335,8 +345,8 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
     qk_scale = float(scale) * LOG2E_F
     dq_programs = g["tiles_m"] * (plan.block_m // cfg.dq_rows)
     dkdv_programs = g["tiles_n"] * (plan.block_n // cfg.dkdv_keys)
-    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, dq_programs)
-    cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, k, dkdv_programs)
+    rows_fast = heads_fast(plan.rows_unbalanced, plan.rows_shared, k, dq_programs)  # dQ programs share K and V rows
+    cols_fast = heads_fast(plan.cols_unbalanced, plan.cols_shared, q, dkdv_programs)  # dK/dV programs share Q and dO
 
     qkv_do_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])  # both kernels read these
     delta = _common.empty((B, Hq, Nq), torch.float32, q.device)  # written by the dQ kernel
@@ -347,23 +357,28 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         *qkv_do_strides,
         o.stride(0), o.stride(1), o.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        Hq, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_m"],
+        Hq, Nq, Nk, g["slice_b"], g["slice_h"], g["tiles_m"],
         float(scale), qk_scale,
         SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows, ORDERED=row_order.numel() > 0, HEADS_FAST=rows_fast, **common, **shape,
         num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
 
-    dk = _common.empty((B, Hkv, Nk, D), k.dtype, k.device)
-    dv = _common.empty((B, Hkv, Nk, D), v.dtype, v.device)
-    _dkdv_kernel[launch_grid(dkdv_programs, B * Hkv, cols_fast)](
+    # Grouped heads over unbalanced columns or too few programs: one program per query head, each
+    # writing its float32 share of dK/dV, summed over the group below; else one per key/value head.
+    parts = group_parts(g["group"], plan.cols_unbalanced, B * Hkv * dkdv_programs, k.device)
+    dk = _common.empty((B, Hkv * parts, Nk, D), k.dtype if parts == 1 else torch.float32, k.device)
+    dv = _common.empty((B, Hkv * parts, Nk, D), v.dtype if parts == 1 else torch.float32, v.device)
+    _dkdv_kernel[launch_grid(dkdv_programs, B * Hkv * parts, cols_fast)](
         q, k, v, do, lse, delta, dk, dv,
         plan.col_ptr, plan.col_full, plan.col_row, plan.col_tile, plan.bitmaps, intervals, col_order, plan.perm,
         *qkv_do_strides,
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        Hq, Hkv, Nq, Nk, g["group"], g["slice_b"], g["slice_h"], g["tiles_n"],
+        Hq, Hkv, Nq, Nk, g["slice_b"], g["slice_h"], g["tiles_n"],
         float(scale), qk_scale,
-        SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys, ORDERED=col_order.numel() > 0, HEADS_FAST=cols_fast, **common, **shape,
+        PARTS=parts, SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys, ORDERED=col_order.numel() > 0, HEADS_FAST=cols_fast, **common, **shape,
         num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
     )
+    if parts > 1:
+        dk, dv = (t.unflatten(1, (Hkv, parts)).sum(2).to(x.dtype) for t, x in ((dk, k), (dv, v)))
     return dq, dk, dv

@@ -86,13 +86,16 @@ def row_program(row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles
 
 L2_KV_FACTOR = 2.0
 _H100_L2_BYTES = 50 << 20  # what the interpreter (CPU tensors) decides with
+_H100_SMS = 132
 
 
-def heads_fast(unbalanced: bool, shared: bool, k: torch.Tensor, tiles: int) -> bool:
+def heads_fast(unbalanced: bool, shared: bool, streamed: torch.Tensor, tiles: int) -> bool:
     """Whether a launch of ``tiles`` tile programs per head over lists with these traits
     (``DevicePlan.rows_unbalanced``, ...) should start the first (heaviest) lists of every head
     before the later ones of any, rather than run one head's lists after another (also the only
-    grid when ``tiles`` exceeds the grid's second axis).
+    grid when ``tiles`` exceeds the grid's second axis). ``streamed`` is what the programs of a
+    list share, read with a tensor of the same size: K (and V) for the row lists, Q (and dO) for
+    the column lists; with grouped key/value heads the two differ.
 
     Measured on an H100 (``benchmarks/NOTES.md``): every head first shortens the critical path of
     unbalanced lists (Longformer, BigBird: 1.5× at N = 8192 and 32768), and helps lists that share
@@ -104,7 +107,7 @@ def heads_fast(unbalanced: bool, shared: bool, k: torch.Tensor, tiles: int) -> b
         return False
     if unbalanced:
         return True
-    return shared and 2 * k.numel() * k.element_size() <= L2_KV_FACTOR * _l2_bytes(k.device)
+    return shared and 2 * streamed.numel() * streamed.element_size() <= L2_KV_FACTOR * _l2_bytes(streamed.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,6 +115,27 @@ def _l2_bytes(device: torch.device) -> int:
     if device.type != "cuda":
         return _H100_L2_BYTES
     return int(torch.cuda.get_device_properties(device).L2_cache_size)
+
+
+def group_parts(group: int, unbalanced: bool, programs: int, device: torch.device) -> int:
+    """How many dK/dV programs share a key tile's GQA group of ``group`` query heads: 1 (one program
+    walks them all, dK/dV summed in registers) or ``group`` (one each, float32 shares summed after).
+
+    Measured on an H100 (``benchmarks/NOTES.md``): walking the group multiplies the longest column's
+    program by ``group``, so unbalanced columns split it (Longformer, BigBird at 16 query heads over
+    4: 2.2×, over 1: 8×); so does a launch of fewer programs (``B·Hkv·tiles``) than the GPU has SMs
+    (causal 8192 over one key/value head: 64 programs). Otherwise the float32 shares only add traffic.
+    """
+    if group == 1:
+        return 1
+    return group if unbalanced or programs < _sm_count(device) else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _H100_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def launch_grid(tiles: int, heads: int, heads_fast: bool) -> tuple[int, int]:
