@@ -26,6 +26,7 @@ class BenchUsageError(click.ClickException):
               help=f"Comma-separated benchmark masks.  [default: {', '.join(DEFAULT_MASKS)}; also available: {', '.join(EXTRA_MASKS)}]")
 @click.option("-n", "ns", type=int, multiple=True, help="Sequence length N; repeat for several.  [default: 8192 and 32768]")
 @click.option("--heads", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(min=1), help="Key/value heads, dividing --heads (GQA/MQA).  [default: --heads]")
 @click.option("--head-dim", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bf16", show_default=True)
@@ -66,6 +67,8 @@ def bench(ns, quiet, json_path, **options) -> None:
         resolve_profile(options["profile"])
     except (MaskError, ProfileError) as e:
         raise BenchUsageError(str(e)) from None
+    if options["kv_heads"] is not None and options["heads"] % options["kv_heads"]:
+        raise BenchUsageError(f"--kv-heads {options['kv_heads']} must divide --heads {options['heads']}")
     if any(n < 1 for n in ns):
         raise BenchUsageError(f"-n must be positive, got {min(ns)}")
     if json_path is not None and not json_path.parent.is_dir():

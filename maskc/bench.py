@@ -295,6 +295,7 @@ class BenchConfig:
     masks: list[str] = field(default_factory=lambda: list(DEFAULT_MASKS))
     ns: list[int] = field(default_factory=lambda: [8192, 32768])
     heads: int = 16
+    kv_heads: int | None = None  # key/value heads (None: as many as heads; fewer: GQA/MQA)
     head_dim: int = 128
     batch: int = 1
     dtype: str = "bf16"
@@ -404,13 +405,16 @@ def mask_rows(source: MaskSource, rows: np.ndarray) -> np.ndarray:
 
 def reference_rows(q, k, v, rows: np.ndarray, keep: np.ndarray, scale: float):
     """Float64 softmax attention of the query rows ``rows`` against every key, under ``keep``
-    (``[R, N]`` bool); rows with no visible key give zeros. Chunked over heads (~256 MiB of scores)."""
+    (``[R, N]`` bool); rows with no visible key give zeros. Chunked over heads (~256 MiB of scores).
+    ``k``/``v`` may have fewer heads than ``q`` (GQA): query head ``h`` reads key/value head
+    ``h // (Hq / Hkv)``."""
     import torch
 
     device = q.device
     idx = torch.as_tensor(rows, device=device)
     keep_t = torch.as_tensor(keep, device=device)
     b, h, n, d = q.shape
+    kv_head = torch.arange(h, device=device) // (h // k.shape[1])
     out = torch.empty((b, h, len(rows), d), dtype=torch.float64, device=device)
     chunk = max(1, (256 << 20) // max(1, len(rows) * n * 8))
     with torch.no_grad():
@@ -418,9 +422,10 @@ def reference_rows(q, k, v, rows: np.ndarray, keep: np.ndarray, scale: float):
             for h0 in range(0, h, chunk):
                 h1 = min(h, h0 + chunk)
                 qi = q[bi, h0:h1].index_select(1, idx).double()
-                s = qi @ k[bi, h0:h1].double().transpose(-1, -2) * scale
+                heads = kv_head[h0:h1]
+                s = qi @ k[bi, heads].double().transpose(-1, -2) * scale
                 s.masked_fill_(~keep_t, -math.inf)
-                out[bi, h0:h1] = torch.softmax(s, -1).nan_to_num(0.0) @ v[bi, h0:h1].double()
+                out[bi, h0:h1] = torch.softmax(s, -1).nan_to_num(0.0) @ v[bi, heads].double()
                 del qi, s
     return out
 
@@ -450,7 +455,9 @@ class _Inputs:
         dtype = getattr(torch, DTYPES[cfg.dtype])
         gen = torch.Generator(device=device).manual_seed(cfg.seed + n)
         shape = (cfg.batch, cfg.heads, n, cfg.head_dim)
-        self.q, self.k, self.v, self.grad = (torch.randn(shape, generator=gen, device=device, dtype=dtype) for _ in range(4))
+        kv_shape = (cfg.batch, cfg.kv_heads or cfg.heads, n, cfg.head_dim)
+        self.q, self.k, self.v, self.grad = (torch.randn(s, generator=gen, device=device, dtype=dtype)
+                                             for s in (shape, kv_shape, kv_shape, shape))
         for t in (self.q, self.k, self.v):
             t.requires_grad_(cfg.backward)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
@@ -697,6 +704,8 @@ def run_bench(
         device = torch.device("cuda", torch.cuda.current_device())
     if cfg.dtype not in DTYPES:
         raise BenchError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.kv_heads is not None and (cfg.kv_heads < 1 or cfg.heads % cfg.kv_heads):
+        raise BenchError(f"--kv-heads must divide --heads={cfg.heads}, got {cfg.kv_heads}")
     block = parse_block_option(cfg.block)
     profile = cost.resolve_profile(cfg.profile)
     masks = parse_masks(",".join(cfg.masks))
@@ -795,11 +804,22 @@ def _dense_causal(row: Row, inputs: _Inputs, cfg: BenchConfig, device, rows: np.
     for label, backend in _sdpa_backends(device, ("CUDNN_ATTENTION", "FLASH_ATTENTION")):
         def attn(q, k, v, backend=backend):
             with _sdpa_context(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=_gqa(cfg))
         variants.append((label, attn))
     measure(row, variants, inputs, cfg, device, flops, ref, rows, pick="fastest")
     del ref
     _free(device)
+
+
+def _kv_heads_text(cfg: dict[str, Any]) -> str:
+    """`` over N key/value heads`` for a GQA run's header; nothing otherwise (and for older JSON)."""
+    kv = cfg.get("kv_heads")
+    return f" over {kv} key/value heads" if kv not in (None, cfg["heads"]) else ""
+
+
+def _gqa(cfg: BenchConfig) -> bool:
+    """Whether k and v have fewer heads than q (SDPA and FlexAttention take ``enable_gqa``)."""
+    return cfg.kv_heads not in (None, cfg.heads)
 
 
 def _sdpa_backends(device, names: tuple[str, ...]):
@@ -838,7 +858,7 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
     # maskc: compile once, before any timing
     from maskc.compiler import compile as compile_mask
 
-    workload = cost.Workload(batch=cfg.batch, heads=cfg.heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
+    workload = cost.Workload(batch=cfg.batch, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
     start = time.perf_counter()
     plan = compile_mask(case.source, block=block, profile=profile if profile is not None else cost.NO_PROFILE, workload=workload)
     info["compile_s"] = time.perf_counter() - start
@@ -915,7 +935,8 @@ def _one_mask(name, n, inputs: _Inputs, cfg: BenchConfig, device, block, rows, s
                 for label, backend in _sdpa_backends(device, ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION")):
                     def attn(q, k, v, backend=backend):
                         with _sdpa_context(backend):
-                            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask4, scale=scale)
+                            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask4, scale=scale,
+                                                                                    enable_gqa=_gqa(cfg))
                     variants.append((label, attn))
                 measure(row, variants, inputs, cfg, device, flops, ref, rows, pick="first")
                 del mask4
@@ -979,7 +1000,7 @@ def _flex(row: Row, case: BenchMask, inputs: _Inputs, cfg: BenchConfig, device, 
     scale = inputs.scale
 
     def attn(q, k, v):
-        return compiled(q, k, v, block_mask=block_mask, scale=scale)
+        return compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=_gqa(cfg))
 
     measure(row, [("flex", attn)], inputs, cfg, device, flops, ref, rows)
     first = row.detail.get("variants", {}).get("flex", {})
@@ -1040,7 +1061,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"CUDA {env.get('cuda')}  {env['date']}"
     )
     lines.append(
-        f"batch {cfg['batch']}, heads {cfg['heads']}, head dim {cfg['head_dim']}, {cfg['dtype']}, block {cfg['block']}, "
+        f"batch {cfg['batch']}, heads {cfg['heads']}{_kv_heads_text(cfg)}, head dim {cfg['head_dim']}, {cfg['dtype']}, block {cfg['block']}, "
         f"profile {env.get('profile')}, "
         f"maskc backend {cfg['backend']}, rel err over up to {cfg['rows_for_error']} query rows; fwd+bwd FLOPs = {FWD_BWD_FLOP_FACTOR} x fwd"
     )

@@ -132,6 +132,36 @@ def test_reference_rows_match_a_dense_float64_softmax():
     assert np.array_equal(bench.error_rows(5, 256), np.arange(5))
 
 
+
+def test_reference_rows_with_grouped_key_value_heads():
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 64, 16, generator=gen)
+    k, v = (torch.randn(2, 2, 64, 16, generator=gen) for _ in range(2))
+    source = bench.build_mask("causal", 64).source
+    rows = bench.error_rows(64, 8)
+    got = bench.reference_rows(q, k, v, rows, bench.mask_rows(source, rows), 0.25)
+    want = bench.reference_rows(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), rows, bench.mask_rows(source, rows), 0.25)
+    assert torch.equal(got, want)
+
+
+def test_gqa_run_on_cpu(tmp_path):
+    """--kv-heads: k and v with fewer heads, every method checked against the float64 reference."""
+    out = tmp_path / "gqa.json"
+    args = ["--device", "cpu", "-n", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--dtype", "fp32",
+            "--masks", "documents", "--backend", "reference", "--warmup", "1", "--rep", "3", "--rows-for-error", "16",
+            "--json", str(out)]
+    res = CliRunner().invoke(bench_cli, args)
+    assert res.exit_code == 0, res.output
+    assert "heads 4 over 2 key/value heads" in res.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["kv_heads"] == 2
+    timed = {r["method"]: r for r in data["results"] if r["fwd_ms"] is not None}
+    assert {"dense-causal", "maskc", "sdpa-mask"} <= set(timed)
+    assert all(r["rel_err"] < 1e-5 and r["fwd_bwd_ms"] is not None for r in timed.values())
+    res = CliRunner().invoke(bench_cli, args[:6] + ["--kv-heads", "3"])
+    assert res.exit_code == 2 and "--kv-heads 3 must divide --heads 4" in res.output
+
+
 def test_cli_runs_on_cpu_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--device", "cpu", "-n", "128", "--heads", "2", "--head-dim", "32", "--dtype", "fp32", "--masks", "causal",
