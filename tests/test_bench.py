@@ -144,33 +144,30 @@ def test_reference_rows_with_grouped_key_value_heads():
     assert torch.equal(got, want)
 
 
-def test_gqa_run_on_cpu(tmp_path):
-    """--kv-heads: k and v with fewer heads, every method checked against the float64 reference."""
-    out = tmp_path / "gqa.json"
-    args = ["--device", "cpu", "-n", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--dtype", "fp32",
-            "--masks", "documents", "--backend", "reference", "--warmup", "1", "--rep", "3", "--rows-for-error", "16",
-            "--json", str(out)]
+def run_cli(out, *options):
+    """``maskc bench`` on CPU at N = 128 (reference backend, short timings), JSON to ``out``."""
+    args = ["--device", "cpu", "-n", "128", "--head-dim", "32", "--dtype", "fp32", "--backend", "reference",
+            "--warmup", "1", "--rep", "3", "--rows-for-error", "16", "--json", str(out), *options]
     res = CliRunner().invoke(bench_cli, args)
     assert res.exit_code == 0, res.output
+    return res, json.loads(out.read_text())
+
+
+def test_gqa_run_on_cpu(tmp_path):
+    """--kv-heads: k and v with fewer heads, every method checked against the float64 reference."""
+    res, data = run_cli(tmp_path / "gqa.json", "--heads", "4", "--kv-heads", "2", "--masks", "documents")
     assert "heads 4 over 2 key/value heads" in res.stdout
-    data = json.loads(out.read_text())
     assert data["config"]["kv_heads"] == 2
     timed = {r["method"]: r for r in data["results"] if r["fwd_ms"] is not None}
     assert {"dense-causal", "maskc", "sdpa-mask"} <= set(timed)
     assert all(r["rel_err"] < 1e-5 and r["fwd_bwd_ms"] is not None for r in timed.values())
-    res = CliRunner().invoke(bench_cli, args[:6] + ["--kv-heads", "3"])
+    res = CliRunner().invoke(bench_cli, ["--device", "cpu", "-n", "128", "--heads", "4", "--kv-heads", "3"])
     assert res.exit_code == 2 and "--kv-heads 3 must divide --heads 4" in res.output
 
 
 def test_cli_runs_on_cpu_and_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    args = ["--device", "cpu", "-n", "128", "--heads", "2", "--head-dim", "32", "--dtype", "fp32", "--masks", "causal",
-            "--backend", "reference", "--no-sdpa", "--no-backward", "--warmup", "1", "--rep", "3", "--rows-for-error", "16",
-            "--json", str(out)]
-    res = CliRunner().invoke(bench_cli, args)
-    assert res.exit_code == 0, res.output
+    res, data = run_cli(tmp_path / "bench.json", "--heads", "2", "--masks", "causal", "--no-sdpa", "--no-backward")
     assert "maskc" in res.stdout and "dense-causal" in res.stdout
-    data = json.loads(out.read_text())
     methods = [r["method"] for r in data["results"]]
     assert methods == ["dense-causal", "maskc", "flex"]
     flex = data["results"][2]
