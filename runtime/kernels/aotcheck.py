@@ -82,16 +82,19 @@ def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, ov
     base = dict(HEAD_DIM=head_dim, D_PAD=d_bucket, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even, EVEN_N=even, DOT_PRECISION=precision,
                 INTERVALS=intervals, ORDERED=True, HEADS_FAST=True, GATHER=gather)
     rows = []
-    for name, fn, extra, warps, stages in (
-        ("fwd", fwd._fwd_kernel, dict(SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows), cfg.fwd_warps, cfg.fwd_stages),
-        ("dq", bwd._dq_kernel, dict(SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows), cfg.dq_warps, cfg.dq_stages),
-        ("dkdv", bwd._dkdv_kernel, dict(SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys), cfg.dkdv_warps, cfg.dkdv_stages),
+    # steps: the config's sub-steps (printed); heads: the backward kernels' GQA constexprs, one
+    # key/value head per query head
+    for name, fn, steps, heads, warps, stages in (
+        ("fwd", fwd._fwd_kernel, dict(SUB_N=cfg.fwd_sub_n, ROWS=cfg.fwd_rows), {}, cfg.fwd_warps, cfg.fwd_stages),
+        ("dq", bwd._dq_kernel, dict(SUB_N=cfg.dq_sub_n, ROWS=cfg.dq_rows), dict(GROUP=1), cfg.dq_warps, cfg.dq_stages),
+        ("dkdv", bwd._dkdv_kernel, dict(SUB_M=cfg.dkdv_sub_m, KEYS=cfg.dkdv_keys), dict(GROUP=1, PARTS=1),
+         cfg.dkdv_warps, cfg.dkdv_stages),
     ):
-        sub = "/".join(str(x) for x in extra.values())
+        sub = "/".join(str(x) for x in steps.values())
         kind = ("iv-" if intervals else "") + ("g-" if gather else "") + ("even" if even else "ragged")
         label = f"{dtype:<5}{head_dim:>4} {bm:>3}x{bn:<3} {kind:<9} {name:<5} w={warps} s={stages} sub={sub:<6}"
         try:
-            kernel = compile_kernel(fn, dtype, {**base, **extra}, warps, stages, arch)
+            kernel = compile_kernel(fn, dtype, {**base, **steps, **heads}, warps, stages, arch)
         except Exception as e:  # report and go on
             rows.append(f"{label} COMPILE ERROR {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
             continue
