@@ -404,9 +404,7 @@ def _compile_auto(
     analysis = _Analysis.of(source, variant, reorder, stages, backward)
     choice = cost.choose(profile, analysis.candidates, workload, objective)
     if choice.chosen is None:
-        plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", stages.stage(2))
-        if backward == "pieces":  # found by the analysis, which refuses a mask without them
-            plan.arrays["pieces"] = analysis.pieces
+        plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", stages.stage(2), backward)
         note = f"no candidate could be predicted with profile {profile.name!r} for {workload.describe()}: {FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule"
     else:
         plan = analysis.build(choice.chosen, stages.stage(2))

@@ -359,7 +359,6 @@ class Profile:
             raise ProfileError(f"profile {self.name!r} has no SDPA {mask} {pass_} constants for head dim {key[2]}, {workload.dtype}")
         return self.sdpa[key]
 
-
     def pieces_cost(self, workload: Workload) -> PiecesCost:
         key = (head_dim_bucket(workload.head_dim), workload.dtype)
         if key not in self.pieces:
