@@ -57,7 +57,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 def _by_pieces(do, q, k, v, o, lse, pieces: tuple[Piece, ...], scale: float):
     """:func:`backward` with as many key/value heads as query heads."""
     if q.is_cuda:
-        piece_backward = functools.partial(_cudnn_piece, torch.zeros((), dtype=torch.int64, device=q.device))
+        piece_backward = functools.partial(_cudnn_piece, _no_dropout(q.device))
     else:
         piece_backward = _torch_piece
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -69,6 +69,13 @@ def _by_pieces(do, q, k, v, o, lse, pieces: tuple[Piece, ...], scale: float):
             total[:, :, span] += part
         del grads, part  # one piece's gradients alive at a time, not two while the next piece runs
     return dq, dk, dv
+
+
+@functools.lru_cache(maxsize=None)
+def _no_dropout(device: torch.device) -> torch.Tensor:
+    """The philox seed and offset cuDNN's backward takes, unused without dropout: made once per
+    device, not at every step."""
+    return torch.zeros((), dtype=torch.int64, device=device)
 
 
 def _cudnn_piece(no_dropout, do, q, k, v, o, lse, causal: bool, scale: float):
