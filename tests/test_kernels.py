@@ -202,11 +202,26 @@ def test_gqa_group_split_or_walked(hkv, monkeypatch):
     assert torch.equal(split["dq"], whole["dq"])
 
 
+def test_gqa_group_in_parts(monkeypatch):
+    """A group of 8 query heads split in 4 parts (two heads per dK/dV program, float32 shares
+    summed after) gives the gradients of one program walking the whole group."""
+    monkeypatch.setattr(common, "_sm_count", lambda device: 15)  # 10 programs: split to two per SM
+    assert common.group_parts(8, False, 10, torch.device("cpu")) == 4
+    parts = run(causal(160, 160), B=2, Hq=8, Hkv=1, block=(32, 32), seed=50)
+    monkeypatch.setattr(common, "_sm_count", lambda device: 1)
+    whole = run(causal(160, 160), B=2, Hq=8, Hkv=1, block=(32, 32), seed=50)
+    for name in ("dk", "dv"):
+        assert rel(parts[name], whole[name]) < 1e-5, name
+    assert torch.equal(parts["dq"], whole["dq"])
+
+
 def test_group_parts_rule():
     cpu = torch.device("cpu")
     assert common.group_parts(1, True, 8, cpu) == 1
     assert common.group_parts(4, True, 10**6, cpu) == 4  # unbalanced columns
-    assert common.group_parts(16, False, 64, cpu) == 16  # fewer programs than SMs
+    assert common.group_parts(16, False, 64, cpu) == 8  # fewer programs than SMs: split to two per SM
+    assert common.group_parts(8, False, 128, cpu) == 4
+    assert common.group_parts(2, False, 64, cpu) == 2  # as far as the group goes
     assert common.group_parts(4, False, 256, cpu) == 1
 
 

@@ -13,9 +13,10 @@
    a time, reading lse and delta. dK/dV are therefore summed over the group in registers and
    written once. Where a few columns are much longer than the rest (global tokens) or the programs
    are too few to fill the GPU, walking a group's heads one after another would multiply the
-   longest program by the group size: there each program takes one query head
-   (``PARTS == GROUP``, :func:`common.group_parts`) and writes its float32 share, which the host
-   sums over the group.
+   longest program by the group size: there the group is split in ``PARTS`` (one query head per
+   program for unbalanced columns, else until there are two programs per SM;
+   :func:`common.group_parts`) and each program writes its float32 share, which the host sums
+   over the group.
 
 Partial tiles are masked from their bitmap (block-sparse plans) or from the key columns' row
 intervals (interval plans, constexpr ``INTERVALS``). With S = scale * Q K^T and P = softmax(S) over
@@ -363,8 +364,9 @@ def backward(do, q, k, v, o, lse, plan, scale: float) -> tuple[torch.Tensor, tor
         num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
 
-    # Grouped heads over unbalanced columns or too few programs: one program per query head, each
-    # writing its float32 share of dK/dV, summed over the group below; else one per key/value head.
+    # Grouped heads over unbalanced columns or too few programs: the group split in parts, each
+    # program writing its float32 share of dK/dV, summed over the group below; else one program
+    # per key/value head.
     parts = group_parts(g["group"], plan.cols_unbalanced, B * Hkv * dkdv_programs, k.device)
     dk = _common.empty((B, Hkv * parts, Nk, D), k.dtype if parts == 1 else torch.float32, k.device)
     dv = _common.empty((B, Hkv * parts, Nk, D), v.dtype if parts == 1 else torch.float32, v.device)

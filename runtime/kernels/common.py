@@ -119,16 +119,22 @@ def _l2_bytes(device: torch.device) -> int:
 
 def group_parts(group: int, unbalanced: bool, programs: int, device: torch.device) -> int:
     """How many dK/dV programs share a key tile's GQA group of ``group`` query heads: 1 (one program
-    walks them all, dK/dV summed in registers) or ``group`` (one each, float32 shares summed after).
+    walks them all, dK/dV summed in registers) or a divisor of ``group`` (each program walks its
+    part of the heads and writes a float32 share, summed after).
 
     Measured on an H100 (``benchmarks/NOTES.md``): walking the group multiplies the longest column's
-    program by ``group``, so unbalanced columns split it (Longformer, BigBird at 16 query heads over
-    4: 2.2×, over 1: 8×); so does a launch of fewer programs (``B·Hkv·tiles``) than the GPU has SMs
-    (causal 8192 over one key/value head: 64 programs). Otherwise the float32 shares only add traffic.
+    program by ``group``, so unbalanced columns split it fully (Longformer, BigBird at 16 query heads
+    over 4: 2.2×, over 1: 8×; halving it was 30% slower again). A launch of fewer programs
+    (``B·Hkv·tiles``) than the GPU has SMs splits it only until there are two programs per SM: more
+    shares than that add traffic (over one key/value head at 8192, causal 2.07 → 1.96 ms against a
+    full split, sliding window 0.645 → 0.590). Otherwise the float32 shares only add traffic.
     """
-    if group == 1:
+    sms = _sm_count(device)
+    if group == 1 or (not unbalanced and programs >= sms):
         return 1
-    return group if unbalanced or programs < _sm_count(device) else 1
+    if unbalanced:
+        return group
+    return next(p for p in range(1, group + 1) if group % p == 0 and (programs * p >= 2 * sms or p == group))
 
 
 @functools.lru_cache(maxsize=None)
