@@ -198,6 +198,8 @@ def cases(quick: bool, seq: int | None = None):
     # ragged lengths (bounds-checked kernel variants) with the tuned sm_90 tiles at D = 128
     out.append((f"causal ragged {n2}", causal(n2, n2), dict(B=2, Hq=4, Hkv=2, D=128, dtype=bf16, block=(128, 128))))
     out.append((f"docs+holes ragged {n2}", with_holes(documents(n2, [n2 // 3, n2 // 2]), 7), dict(B=1, Hq=4, Hkv=4, D=128, dtype=bf16, block=(64, 64))))
+    # one key/value head for 16 query heads: the dK/dV programs split the group into parts
+    out.append((f"MQA 16:1 causal {n}", causal(n, n), dict(B=4, Hq=16, Hkv=1, D=64, dtype=bf16, block=(64, 64))))
     out.append((f"per-head random {n2}", random_mask((4, n2, n2), 0.3, 4), dict(B=2, Hq=4, Hkv=2, D=96, dtype=bf16, block=(64, 64))))
     out.append((f"per-batch causal/docs {n}", np.stack([causal(n, n), documents(n, [n // 3, n // 3, n // 3])])[:, None], dict(B=2, Hq=2, Hkv=2, D=64, dtype=torch.float16, block=(128, 128))))
     out.append((f"bnhd strides causal {n}", causal(n, n), dict(B=2, Hq=4, Hkv=2, D=128, dtype=bf16, block=(128, 128), layout="bnhd")))
