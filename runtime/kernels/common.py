@@ -124,10 +124,10 @@ def group_parts(group: int, unbalanced: bool, programs: int, device: torch.devic
 
     Measured on an H100 (``benchmarks/NOTES.md``): walking the group multiplies the longest column's
     program by ``group``, so unbalanced columns split it fully (Longformer, BigBird at 16 query heads
-    over 4: 2.2×, over 1: 8×; halving it was 30% slower again). A launch of fewer programs
-    (``B·Hkv·tiles``) than the GPU has SMs splits it only until there are two programs per SM: more
-    shares than that add traffic (over one key/value head at 8192, causal 2.07 → 1.96 ms against a
-    full split, sliding window 0.645 → 0.590). Otherwise the float32 shares only add traffic.
+    over 4: 2.2×, over 1: 8×; two heads per program instead of one was 30% slower). A launch of fewer
+    programs (``B·Hkv·tiles``) than the GPU has SMs splits it only until there are two programs per
+    SM (over one key/value head at 8192, against a full split: causal 2.07 → 1.96 ms, sliding window
+    0.645 → 0.590). Otherwise the float32 shares only add traffic.
     """
     sms = _sm_count(device)
     if group == 1 or (not unbalanced and programs >= sms):
