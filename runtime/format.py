@@ -30,7 +30,11 @@ import msgpack
 import numpy as np
 
 from maskc.runtime import intervals as iv_form
-from maskc.runtime.intervals import FULL_TILE, LIST_ARRAYS
+from maskc.runtime.intervals import (  # noqa: F401  (the compiler reads the interval form and launch traits through this module)
+    FULL_TILE, INTERVAL_TILE, LIST_ARRAYS, LTE, LTS, MAX_TILES_PER_SLICE, UTE, UTS, masked_pairs, masked_rows, tile_classes,
+    tile_lists, tile_masked_counts, visible_rows,
+)
+from maskc.runtime.launch import SHARED, UNBALANCED, list_traits  # noqa: F401
 
 MAGIC = b"MASKCPLN"
 VERSION = 4
