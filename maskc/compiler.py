@@ -33,13 +33,13 @@ from maskc import cost
 from maskc.errors import MaskError
 from maskc.intervals import RunTracker, canonical, intervals_sha256
 from maskc.pieces import MAX_PIECES, find_pieces
-from maskc.runtime.format import DENSE_VARIANTS, Plan, dense_intervals
-from maskc.runtime.intervals import INTERVAL_TILE, LTE, LTS, MAX_TILES_PER_SLICE, UTE, UTS, masked_pairs, tile_classes, tile_lists
-from maskc.runtime.launch import list_traits
+from maskc.runtime.format import (
+    DENSE_VARIANTS, INTERVAL_TILE, LTE, LTS, MAX_DERIVED_TILES, TILE_SIZES, UTE, UTS, Plan, dense_intervals, list_traits, masked_pairs,
+    tile_classes, tile_lists,
+)
 from maskc.sources import MaskSource, open_mask
 
 Progress = Callable[[int, int], None]
-TILE_SIZES = (32, 64, 128)
 AUTO = "auto"
 AUTO_BLOCKS = ((64, 64), (128, 128))  # the tile sizes the cost model compares
 FALLBACK_BLOCK = (128, 128)  # block="auto" without a profile
@@ -239,7 +239,7 @@ def compile(
     else:
         plan = _compile_fixed(source, block, variant, reorder, progress, backward)
     if schedule == "lpt":
-        plan.arrays.update(launch_orders(plan))
+        plan = replace(plan, arrays={**plan.arrays, **launch_orders(plan)})
     return plan
 
 
@@ -254,7 +254,7 @@ def _compile_fixed(source: MaskSource, block: tuple[int, int], variant: str, reo
     else:
         plan = _compile_tiles(source, block, variant, progress)
     if backward == "pieces":
-        plan.arrays["pieces"] = _pieces_of(source, plan)
+        plan = replace(plan, arrays={**plan.arrays, "pieces": _pieces_of(source, plan)})
     return plan
 
 
@@ -278,8 +278,8 @@ def _compile_tiles(source: MaskSource, block: tuple[int, int], variant: str, pro
     if variant == "block_sparse":
         return _block_sparse(source, structured_intervals(source), bm, bn, progress)
     tiles = -(-source.q_len // bm) * -(-source.kv_len // bn)
-    if variant == "intervals" and tiles > MAX_TILES_PER_SLICE:
-        raise MaskError(f"{source.name}: {tiles} tiles per slice is more than an interval plan may have ({MAX_TILES_PER_SLICE}); use larger tiles")
+    if variant == "intervals" and tiles > MAX_DERIVED_TILES:
+        raise MaskError(f"{source.name}: {tiles} tiles per slice is more than an interval plan may have ({MAX_DERIVED_TILES}); use larger tiles")
     bitmap_plan = None
     vectors = structured_intervals(source)
     if vectors is None:  # one pass: detect the form, and for auto build the bitmaps it may fall back to
@@ -289,7 +289,7 @@ def _compile_tiles(source: MaskSource, block: tuple[int, int], variant: str, pro
         vectors, bitmap_plan = scan.intervals, scan.plan
     elif progress is not None:
         progress(1, 1)
-    if vectors is not None and tiles <= MAX_TILES_PER_SLICE:
+    if vectors is not None and tiles <= MAX_DERIVED_TILES:
         lists = tile_lists(vectors, source.q_len, bm, bn)
         if variant == "intervals" or auto_variant(lists, source.shape, (bm, bn)) == "intervals":
             return _interval_plan(source.shape, vectors, lists, bm, bn)
@@ -323,8 +323,8 @@ def _dense_mismatch(source: MaskSource, vectors: np.ndarray | None, variant: str
 def _dense_plan(shape: tuple[int, int, int, int], variant: str, block: tuple[int, int]) -> Plan:
     B, H, nq, nk = shape
     bm, bn = block
-    if -(-nq // bm) * -(-nk // bn) > MAX_TILES_PER_SLICE:
-        raise MaskError(f"{nq}x{nk} in {bm}x{bn} tiles is more than a dense plan may have ({MAX_TILES_PER_SLICE} tiles per slice); use larger tiles")
+    if -(-nq // bm) * -(-nk // bn) > MAX_DERIVED_TILES:
+        raise MaskError(f"{nq}x{nk} in {bm}x{bn} tiles is more than a dense plan may have ({MAX_DERIVED_TILES} tiles per slice); use larger tiles")
     vectors = dense_intervals(variant, B * H, nq, nk)
     return _interval_plan(shape, vectors, tile_lists(vectors, nq, bm, bn), bm, bn, variant=variant)
 
@@ -373,17 +373,15 @@ class _Reordering:
         record of the tiles and bandwidth before and after."""
         bm, bn = block
         plan = _read_rows(self.source, bm, progress, _BitmapPlan(self.source.shape, bm, bn), track=False).plan
-        plan.arrays["perm"] = self.perm
-        plan.mask_sha256 = bits_sha256
         after = plan.tile_counts()
-        plan.options["reorder"] = {
+        reorder = {
             "method": "rcm",
             "tiles_before": {"full": int((before == 1).sum()), "partial": int((before == 2).sum())},
             "tiles_after": {"full": after["tiles_full"], "partial": after["tiles_partial"]},
             "bandwidth_before": self.bandwidth_before,
             "bandwidth_after": self.bandwidth_after,
         }
-        return plan
+        return replace(plan, arrays={**plan.arrays, "perm": self.perm}, mask_sha256=bits_sha256, options={**plan.options, "reorder": reorder})
 
 
 # --- the cost model's path ----------------------------------------------------------------------
@@ -398,8 +396,7 @@ def _compile_auto(
         plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", progress, backward)
         note = (f"no cost-model profile (set {cost.ENV_PROFILE} or pass a profile; 'maskc calibrate' measures one): "
                 f"{FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule")
-        plan.predictions = cost.record(None, workload, objective, {}, None, note)
-        return plan
+        return replace(plan, predictions=cost.record(None, workload, objective, {}, None, note))
     stages = _Stages(progress, 3)
     analysis = _Analysis.of(source, variant, reorder, stages, backward)
     choice = cost.choose(profile, analysis.candidates, workload, objective)
@@ -410,8 +407,7 @@ def _compile_auto(
         plan = analysis.build(choice.chosen, stages.stage(2))
         note = None
     stages.finish()
-    plan.predictions = cost.record(profile, workload, objective, analysis.candidates, choice, note)
-    return plan
+    return replace(plan, predictions=cost.record(profile, workload, objective, analysis.candidates, choice, note))
 
 
 @dataclass
@@ -434,7 +430,7 @@ class _Analysis:
         from maskc.reorder import PatternBuilder
 
         shape = source.shape
-        blocks = [b for b in AUTO_BLOCKS if -(-source.q_len // b[0]) * -(-source.kv_len // b[1]) <= MAX_TILES_PER_SLICE]
+        blocks = [b for b in AUTO_BLOCKS if -(-source.q_len // b[0]) * -(-source.kv_len // b[1]) <= MAX_DERIVED_TILES]
         if not blocks:
             raise MaskError(f"{source.name}: {source.q_len}x{source.kv_len} has too many tiles per slice at every candidate tile size")
         if reorder == "rcm":
@@ -512,7 +508,7 @@ class _Analysis:
     def build(self, chosen: cost.Candidate, progress: Progress | None) -> Plan:
         plan = self._build_tiles(chosen, progress)
         if chosen.pieces:
-            plan.arrays["pieces"] = self.pieces
+            plan = replace(plan, arrays={**plan.arrays, "pieces": self.pieces})
         return plan
 
     def _build_tiles(self, chosen: cost.Candidate, progress: Progress | None) -> Plan:
@@ -634,7 +630,7 @@ def launch_orders(plan: Plan) -> dict[str, np.ndarray]:
     (columns) by descending visited tiles, then descending partial tiles, then ascending index.
 
     Only for lists that are unbalanced or share most of their tiles
-    (:func:`maskc.runtime.launch.list_traits`): there the heaviest lists must start first, and the
+    (:func:`maskc.runtime.format.list_traits`): there the heaviest lists must start first, and the
     rows read the same keys in any order. Other lists keep their natural order, whose neighbouring
     rows read neighbouring keys: on an H100, packed documents at N = 131072 ran 1.45 ms forward in
     natural order against 2.00 ms heaviest-first (benchmarks/NOTES.md). An order that is ascending in

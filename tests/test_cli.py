@@ -132,7 +132,7 @@ def test_truncated_plan_is_a_user_error(runner, mask_file, tmp_path):
 
 
 def test_interrupted_compile_leaves_no_file(runner, mask_file, tmp_path, monkeypatch):
-    import maskc.runtime.format as fmt
+    import maskc.runtime.format.files as fmt
 
     def boom(*_):
         raise KeyboardInterrupt

@@ -21,7 +21,7 @@ from maskc.errors import MaskError
 from maskc.flashmask import from_startend_row_indices, to_startend_row_indices
 from maskc.intervals import canonical, intervals_sha256
 from maskc.runtime.format import decode, tile_map
-from maskc.runtime.intervals import masked_pairs, tile_classes, visible_rows
+from maskc.runtime.format import masked_pairs, tile_classes, visible_rows
 from maskc.sources import ArraySource, IntervalSource, MaskSource
 
 BLOCKS = [(32, 32), (64, 32), (32, 64), (64, 64)]
