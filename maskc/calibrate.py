@@ -199,7 +199,7 @@ def synthetic_plan(e: Experiment, kernel: str, bm: int, bn: int) -> Plan:
 
         return compile_mask(from_spec(json.loads(e.spec)), block=(bm, bn), variant=kernel)
     if e.layout == "bench":
-        from maskc.bench import build_mask
+        from maskc.measure.masks import build_mask
 
         spec = json.loads(e.spec)
         return compile_mask(build_mask(spec["name"], spec["n"]).source, block=(bm, bn), variant=kernel, reorder="none")
@@ -233,7 +233,7 @@ class _Device:
             self.device = torch.device("cuda", torch.cuda.current_device())
 
     def time(self, fn: Callable[[], Any]) -> float:
-        from maskc.bench import time_ms
+        from maskc.measure.timing import time_ms
 
         return time_ms(fn, self.device, self.cfg.warmup_ms, self.cfg.rep_ms)
 
@@ -322,7 +322,7 @@ def _kernel_samples(dev: _Device, kernel: str, block: int, d: int, dtype: str, s
 @functools.lru_cache(maxsize=None)
 def _reordered_plan(name: str, n: int, block: int) -> Plan:
     """One RCM plan per mask, length and tile size, whatever dtype and head dim time it."""
-    from maskc.bench import build_mask
+    from maskc.measure.masks import build_mask
 
     return compile_mask(build_mask(name, n).source, block=block, variant="block_sparse", reorder="rcm")
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import maskc
-from maskc.bench import build_mask
+from maskc.measure.masks import build_mask
 from maskc.runtime import load_plan
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.kernels import backward, common, config, forward
