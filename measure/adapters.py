@@ -111,7 +111,6 @@ def run_flex(row: Row, case: BenchMask, inputs: Inputs, cfg: BenchConfig, device
     first = row.detail.get("variants", {}).get("flex", {})
     if "first_call_s" in first:
         row.notes.append(f"compile+first call {first['first_call_s']:.1f} s")
-    del block_mask, compiled
 
 
 def sdpa_variants(device, names: tuple[str, ...], scale: float, enable_gqa: bool, **mask: Any) -> list[tuple[str, Callable]]:

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from maskc import cost, library
+from maskc.compiler import compile as compile_mask
+from maskc.compiler import parse_block_option
 from maskc.errors import MaskError
 from maskc.measure import adapters
 from maskc.measure.environment import environment
@@ -87,8 +89,6 @@ def run_bench(
     json_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; return (and, with ``json_path``, write after every row) the result dict."""
-    from maskc.compiler import parse_block_option
-
     say = progress or (lambda _msg: None)
     device = _device(cfg)
     block = parse_block_option(cfg.block)
@@ -217,8 +217,6 @@ def _one_mask(name, n, inputs: Inputs, cfg: BenchConfig, device, block, rows, sa
         raise MaskError(f"{name}: the benchmark takes single [N, N] masks, got shape {list(case.source.shape)}")
 
     # maskc: compile once, before any timing
-    from maskc.compiler import compile as compile_mask
-
     workload = cost.Workload(batch=cfg.batch, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
     start = time.perf_counter()
     plan = compile_mask(case.source, block=block, profile=profile if profile is not None else cost.NO_PROFILE, workload=workload)
@@ -243,15 +241,7 @@ def _one_mask(name, n, inputs: Inputs, cfg: BenchConfig, device, block, rows, sa
     for method, this, candidate, work in runs:
         row = Row(name, n, method, detail={**base, "variant": candidate.variant, "candidate": candidate.name, "backend_requested": cfg.backend,
                                            "predicted": _predicted(profile, candidate, work, workload)})
-        try:
-            if this is None:  # another candidate: compiled as told, no model
-                this = compile_mask(case.source, block=candidate.block, variant=candidate.variant, reorder="rcm" if candidate.reordered else "none",
-                                    backward="pieces" if candidate.pieces else "tiles")
-            _time_plan(row, this, inputs, cfg, device, flops, ref, rows)
-        except ContextLost:
-            raise
-        except Exception as e:  # noqa: BLE001
-            row.notes.append(f"failed: {short_error(e)}")
+        _guarded(row, _time_candidate, row, case.source, this, candidate, inputs, cfg, device, flops, ref, rows)
         emit(row)
         free(device)
 
@@ -273,7 +263,7 @@ def _one_mask(name, n, inputs: Inputs, cfg: BenchConfig, device, block, rows, sa
             row.notes.append(f"skipped: dense lookup needs the {dense_bytes / 2**30:.1f} GiB mask (> {cfg.sdpa_max_mask_gib} GiB)")
         else:
             try:
-                _guarded(row, lambda: adapters.run_flex(row, case, inputs, cfg, device, flops, ref, rows, get_dense, info))
+                _guarded(row, adapters.run_flex, row, case, inputs, cfg, device, flops, ref, rows, get_dense, info)
             finally:
                 torch._dynamo.reset()
         emit(row)
@@ -284,22 +274,36 @@ def _one_mask(name, n, inputs: Inputs, cfg: BenchConfig, device, block, rows, sa
         if too_big:
             row.notes.append(f"skipped: dense bool mask is {dense_bytes / 2**30:.1f} GiB (> {cfg.sdpa_max_mask_gib} GiB)")
         else:
-            _guarded(row, lambda: measure(row, adapters.sdpa_variants(device, ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION"), inputs.scale,
-                                                                      adapters.gqa(cfg), attn_mask=get_dense()[None, None]),
-                                          inputs, cfg, device, flops, ref, rows, pick="first"))
+            _guarded(row, _sdpa_mask, row, get_dense, inputs, cfg, device, flops, ref, rows)
         emit(row)
     del dense, ref, plan
     free(device)
 
 
-def _guarded(row: Row, run: Callable[[], None]) -> None:
-    """Run one method into ``row``; a failure becomes a note, except a lost CUDA context, which ends the run."""
+def _guarded(row: Row, run: Callable[..., None], *args: Any) -> None:
+    """``run(*args)``, one method timed into ``row``; a failure becomes a note, except a lost CUDA
+    context, which ends the run."""
     try:
-        run()
+        run(*args)
     except ContextLost:
         raise
     except Exception as e:  # noqa: BLE001
         row.notes.append(f"failed: {short_error(e)}")
+
+
+def _sdpa_mask(row: Row, get_dense: Callable[[], torch.Tensor], inputs: Inputs, cfg: BenchConfig, device, flops, ref, rows) -> None:
+    """SDPA with the dense boolean mask, under the first backend that runs it (cuDNN, then memory-efficient)."""
+    variants = adapters.sdpa_variants(device, ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION"), inputs.scale, adapters.gqa(cfg),
+                                      attn_mask=get_dense()[None, None])
+    measure(row, variants, inputs, cfg, device, flops, ref, rows, pick="first")
+
+
+def _time_candidate(row: Row, source, plan, candidate: cost.Candidate, inputs: Inputs, cfg: BenchConfig, device, flops, ref, rows) -> None:
+    """Time ``plan``, or where it is None (another candidate of the cost model) the candidate compiled as told, with no model."""
+    if plan is None:
+        plan = compile_mask(source, block=candidate.block, variant=candidate.variant, reorder="rcm" if candidate.reordered else "none",
+                            backward="pieces" if candidate.pieces else "tiles")
+    _time_plan(row, plan, inputs, cfg, device, flops, ref, rows)
 
 
 def _time_plan(row: Row, plan, inputs: Inputs, cfg: BenchConfig, device, flops, ref, rows) -> None:
