@@ -1,5 +1,5 @@
 """What a measurement was taken on: date, command line, versions and the device, recorded with
-every benchmark result and calibrated profile."""
+every benchmark result and calibrated profile. torch is imported by the functions that ask it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import maskc
 
@@ -23,6 +22,8 @@ def now() -> str:
 
 def versions(command: str | None) -> dict[str, Any]:
     """Date, command line (``sys.argv`` when None), and the versions of Python, torch, CUDA, Triton and maskc."""
+    import torch
+
     env: dict[str, Any] = {
         "date": now(),
         "command": command if command is not None else " ".join(sys.argv),
@@ -43,6 +44,8 @@ def versions(command: str | None) -> dict[str, Any]:
 def environment(device, command: str | None) -> dict[str, Any]:
     """:func:`versions`, the platform, numpy, the checkout's git commit and the device: the GPU's
     name, memory, compute capability, cuDNN and driver on CUDA, the processor and threads on CPU."""
+    import torch
+
     env = versions(command)
     env.update({"platform": platform.platform(), "numpy": np.__version__, "maskc_git": _git_head(), "device": str(device)})
     if torch.device(device).type == "cuda":
