@@ -4,6 +4,7 @@
 from), the benchmark behind ``maskc bench`` (``bench``, with its mask set in ``masks``, timing in
 ``timing``, the FlexAttention and SDPA adapters in ``adapters``, output in ``report``),
 calibration of the cost model's profile constants (``calibrate``, ``experiments``, the fits in
-``fit`` and ``profiles``) and the kernels' GPU self-check (``selfcheck``). Nothing in the compiler
-or the runtime imports this package; the CLI imports it inside the commands that need it.
+``fit``) and the kernels' GPU self-check (``selfcheck``, run as ``python -m
+maskc.measure.selfcheck``). Nothing in the compiler or the runtime imports this package; the CLI
+imports it inside the commands that need it.
 """
