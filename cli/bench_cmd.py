@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from maskc.cli.errors import UserError
-from maskc.cost import DTYPES, ProfileError
+from maskc.cost import ProfileError
 from maskc.errors import MaskError
+from maskc.runtime.format import DTYPES
 
 
 class _MasksOption(click.Option):

@@ -15,7 +15,7 @@ import click
 
 from maskc import cost
 from maskc.cli.errors import UserError
-from maskc.runtime.format import atomic_write
+from maskc.runtime.format import DTYPES, atomic_write
 
 
 def _csv(kind, allowed=None):
@@ -39,7 +39,7 @@ def _csv(kind, allowed=None):
 @click.option("--quick", is_flag=True, help="Fewer, smaller measurements (GPU: bf16 and head dim 128 only, shorter timings).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the profile.  [default on a GPU: maskc/profiles/<GPU name>.json; required on a CPU]")
-@click.option("--dtypes", callback=_csv(str, cost.DTYPES), help="Comma-separated dtypes.  [default: bf16,fp16; fp32 on a CPU]")
+@click.option("--dtypes", callback=_csv(str, DTYPES), help="Comma-separated dtypes.  [default: bf16,fp16; fp32 on a CPU]")
 @click.option("--head-dims", callback=_csv(int), help="Comma-separated head dims.  [default: 64,128; 32 on a CPU]")
 @click.option("--blocks", callback=_csv(int, (64, 128)), help="Comma-separated square tile sizes.  [default: 64,128]")
 @click.option("--kernels", callback=_csv(str, cost.KERNELS), help=f"Tile kernels to measure.  [default: {','.join(cost.KERNELS)}]")

@@ -43,6 +43,7 @@ from maskc.measure.masks import DEFAULT_MASKS, build_mask, parse_masks
 from maskc.measure.reference import error_rows, reference_rows
 from maskc.measure.report import progress_line, write_json
 from maskc.measure.timing import FWD_BWD_FLOP_FACTOR, FWD_FLOPS_PER_PAIR, ContextLost, Inputs, Row, free, measure, short_error
+from maskc.runtime.format import DTYPES
 
 SCHEMA = "maskc-bench/1"
 
@@ -184,8 +185,8 @@ def _device(cfg: BenchConfig) -> torch.device:
         if device.index is not None:
             torch.cuda.set_device(device.index)
         device = torch.device("cuda", torch.cuda.current_device())
-    if cfg.dtype not in cost.DTYPES:
-        raise BenchError(f"dtype must be one of {', '.join(cost.DTYPES)}, got {cfg.dtype!r}")
+    if cfg.dtype not in DTYPES:
+        raise BenchError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if cfg.kv_heads is not None and (cfg.kv_heads < 1 or cfg.heads % cfg.kv_heads):
         raise BenchError(f"--kv-heads must divide --heads={cfg.heads}, got {cfg.kv_heads}")
     return device
