@@ -1,0 +1,155 @@
+"""The Triton path of binding: visible runs to interval vectors and ELL tile lists in three launches.
+
+1. :func:`_columns_kernel`, one program per (slice, key tile): clamps its columns' runs, writes
+   their canonical interval vectors, the query-tile range where the key tile is full (from the
+   largest run start and the smallest run end), and adds each non-empty run's query-tile range
+   ``[start // block_m, (end - 1) // block_m]`` to the key tile's difference array (atomics).
+2. :func:`_column_lists_kernel`, one program per (slice, key tile): a prefix sum of the difference
+   array marks the query tiles some run meets; full ones (a contiguous range) go first, partial
+   ones after, each ascending; it also writes every tile's class for step 3.
+3. :func:`_row_lists_kernel`, one program per (slice, query tile): two passes over its row of
+   classes write the full, then the partial key tiles.
+
+Work is O(kv_len + tiles), no host synchronisation, and every shape and launch grid depends only on
+the sizes: the same compiled kernels serve every step. Lists longer than ``CHUNK`` tiles are walked
+in chunks with a carried prefix, so one program never holds more than ``CHUNK`` values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from maskc.runtime.family.lists import EMPTY, FULL, PARTIAL, TileLists
+from maskc.runtime.format import FULL_TILE, INTERVAL_TILE, LTE, LTS, UTE, UTS
+
+MAX_CHUNK = 1024  # tiles one program holds at once when walking a list
+
+# Kernels may only read globals that are tl.constexpr.
+_LTS, _LTE, _UTS, _UTE = (tl.constexpr(row) for row in (LTS, LTE, UTS, UTE))
+_FULL_TILE, _INTERVAL_TILE = tl.constexpr(FULL_TILE), tl.constexpr(INTERVAL_TILE)
+_EMPTY, _FULL, _PARTIAL = tl.constexpr(EMPTY), tl.constexpr(FULL), tl.constexpr(PARTIAL)
+
+
+@triton.jit
+def _columns_kernel(start_ptr, end_ptr, iv_ptr, diff_ptr, full_ptr, q_len, kv_len, tiles_m, tiles_n,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)  # slice * tiles_n + key tile
+    s = pid // tiles_n
+    n = pid % tiles_n
+    cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
+    inside = cols < kv_len
+    start = tl.load(start_ptr + s * kv_len + cols, mask=inside, other=0).to(tl.int32)
+    end = tl.load(end_ptr + s * kv_len + cols, mask=inside, other=0).to(tl.int32)
+    start = tl.minimum(tl.maximum(start, 0), q_len)
+    end = tl.minimum(tl.maximum(end, 0), q_len)
+    empty = start >= end
+    start = tl.where(empty, q_len, start)
+    end = tl.where(empty, q_len, end)
+
+    iv = iv_ptr + s * 4 * kv_len + cols
+    tl.store(iv + _LTS * kv_len, end, mask=inside)
+    tl.store(iv + _LTE * kv_len, tl.zeros_like(end) + q_len, mask=inside)
+    tl.store(iv + _UTS * kv_len, tl.zeros_like(start), mask=inside)
+    tl.store(iv + _UTE * kv_len, start, mask=inside)
+
+    max_start = tl.max(tl.where(inside, start, 0), axis=0)
+    min_end = tl.min(tl.where(inside, end, q_len), axis=0)
+    full_lo = (max_start + BLOCK_M - 1) // BLOCK_M
+    full_hi = tl.where(min_end >= q_len, tiles_m, min_end // BLOCK_M)
+    tl.store(full_ptr + 2 * pid, full_lo)
+    tl.store(full_ptr + 2 * pid + 1, tl.maximum(full_hi, full_lo))
+
+    seen = inside & ~empty
+    diff = diff_ptr + pid * (tiles_m + 1)
+    ones = tl.full([BLOCK_N], 1, tl.int32)
+    tl.atomic_add(diff + start // BLOCK_M, ones, mask=seen)
+    tl.atomic_add(diff + (end - 1) // BLOCK_M + 1, -ones, mask=seen)
+
+
+@triton.jit
+def _column_lists_kernel(diff_ptr, full_ptr, classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr,
+                         tiles_m, tiles_n, CHUNK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)  # slice * tiles_n + key tile
+    s = pid // tiles_n
+    n = pid % tiles_n
+    full_lo = tl.load(full_ptr + 2 * pid)
+    full_hi = tl.load(full_ptr + 2 * pid + 1)
+    n_full = full_hi - full_lo
+    lo = pid * tiles_m
+    covering = n_full * 0  # runs covering the query tile before this chunk (a carried prefix sum)
+    n_partial = n_full * 0
+    for c0 in range(0, tiles_m, CHUNK):
+        m = c0 + tl.arange(0, CHUNK)
+        inside = m < tiles_m
+        d = tl.load(diff_ptr + pid * (tiles_m + 1) + m, mask=inside, other=0)
+        covered = (covering + tl.cumsum(d, axis=0)) > 0
+        covering += tl.sum(d, axis=0)
+        full = (m >= full_lo) & (m < full_hi)
+        partial = covered & ~full & inside
+        ahead = tl.cumsum(partial.to(tl.int32), axis=0) - 1
+        pos = tl.where(full, m - full_lo, n_full + n_partial + ahead)
+        listed = full | partial
+        tl.store(other_ptr + lo + pos, m, mask=listed)
+        tl.store(tile_ptr + lo + pos, tl.where(full, _FULL_TILE, _INTERVAL_TILE), mask=listed)
+        tile_class = tl.where(full, _FULL, tl.where(partial, _PARTIAL, _EMPTY)).to(tl.int8)
+        tl.store(classes_ptr + (s * tiles_m + m) * tiles_n + n, tile_class, mask=inside)
+        n_partial += tl.sum(partial.to(tl.int32), axis=0)
+    tl.store(lo_ptr + pid, lo.to(tl.int32))
+    tl.store(hi_ptr + pid, (lo + n_full + n_partial).to(tl.int32))
+    tl.store(nfull_ptr + pid, n_full)
+
+
+@triton.jit
+def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr, tiles_n, CHUNK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)  # slice * tiles_m + query tile
+    lo = pid * tiles_n
+    n_full = tl.program_id(0) * 0
+    for c0 in range(0, tiles_n, CHUNK):
+        n = c0 + tl.arange(0, CHUNK)
+        full = tl.load(classes_ptr + lo + n, mask=n < tiles_n, other=_EMPTY) == _FULL
+        pos = n_full + tl.cumsum(full.to(tl.int32), axis=0) - 1
+        tl.store(other_ptr + lo + pos, n, mask=full)
+        tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _FULL_TILE, tl.int32), mask=full)
+        n_full += tl.sum(full.to(tl.int32), axis=0)
+    count = n_full
+    for c0 in range(0, tiles_n, CHUNK):
+        n = c0 + tl.arange(0, CHUNK)
+        partial = tl.load(classes_ptr + lo + n, mask=n < tiles_n, other=_EMPTY) == _PARTIAL
+        pos = count + tl.cumsum(partial.to(tl.int32), axis=0) - 1
+        tl.store(other_ptr + lo + pos, n, mask=partial)
+        tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _INTERVAL_TILE, tl.int32), mask=partial)
+        count += tl.sum(partial.to(tl.int32), axis=0)
+    tl.store(lo_ptr + pid, lo.to(tl.int32))
+    tl.store(hi_ptr + pid, (lo + count).to(tl.int32))
+    tl.store(nfull_ptr + pid, n_full)
+
+
+def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int, block_n: int) -> tuple[torch.Tensor, TileLists]:
+    """Interval vectors ``[S, 4, kv]`` and ELL lists of runs ``[S, kv]``, by the three kernels above."""
+    slices, kv_len = start.shape
+    tiles_m, tiles_n = -(-q_len // block_m), -(-kv_len // block_n)
+    device = start.device
+    start, end = start.contiguous(), end.contiguous()
+    intervals = torch.empty((slices, 4, kv_len), dtype=torch.int32, device=device)
+    diff = torch.zeros(slices * tiles_n * (tiles_m + 1), dtype=torch.int32, device=device)
+    full_range = torch.empty(slices * tiles_n * 2, dtype=torch.int32, device=device)
+    classes = torch.empty(slices * tiles_m * tiles_n, dtype=torch.int8, device=device)
+    rows = [torch.empty(slices * tiles_m, dtype=torch.int32, device=device) for _ in range(3)]
+    cols = [torch.empty(slices * tiles_n, dtype=torch.int32, device=device) for _ in range(3)]
+    row_entries = [torch.empty(slices * tiles_m * tiles_n, dtype=torch.int32, device=device) for _ in range(2)]
+    col_entries = [torch.empty(slices * tiles_m * tiles_n, dtype=torch.int32, device=device) for _ in range(2)]
+
+    _columns_kernel[(slices * tiles_n,)](start, end, intervals, diff, full_range, q_len, kv_len, tiles_m, tiles_n,
+                                         BLOCK_M=block_m, BLOCK_N=block_n)
+    _column_lists_kernel[(slices * tiles_n,)](diff, full_range, classes, *cols, *col_entries, tiles_m, tiles_n,
+                                              CHUNK=_chunk(tiles_m))
+    _row_lists_kernel[(slices * tiles_m,)](classes, *rows, *row_entries, tiles_n, CHUNK=_chunk(tiles_n))
+    lists = TileLists(q_len, kv_len, block_m, block_n, slices, *rows, *row_entries, *cols, *col_entries)
+    return intervals, lists
+
+
+def _chunk(tiles: int) -> int:
+    """Tiles one program loads at once: the list's length rounded up to a power of two, at most MAX_CHUNK."""
+    return min(triton.next_power_of_2(tiles), MAX_CHUNK)
