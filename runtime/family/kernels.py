@@ -132,14 +132,14 @@ def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int
     tiles_m, tiles_n = -(-q_len // block_m), -(-kv_len // block_n)
     device = start.device
     start, end = start.contiguous(), end.contiguous()
-    intervals = torch.empty((slices, 4, kv_len), dtype=torch.int32, device=device)
+    intervals = empty((slices, 4, kv_len), torch.int32, device)
     diff = torch.zeros(slices * tiles_n * (tiles_m + 1), dtype=torch.int32, device=device)
-    full_range = torch.empty(slices * tiles_n * 2, dtype=torch.int32, device=device)
-    classes = torch.empty(slices * tiles_m * tiles_n, dtype=torch.int8, device=device)
-    rows = [torch.empty(slices * tiles_m, dtype=torch.int32, device=device) for _ in range(3)]
-    cols = [torch.empty(slices * tiles_n, dtype=torch.int32, device=device) for _ in range(3)]
-    row_entries = [torch.empty(slices * tiles_m * tiles_n, dtype=torch.int32, device=device) for _ in range(2)]
-    col_entries = [torch.empty(slices * tiles_m * tiles_n, dtype=torch.int32, device=device) for _ in range(2)]
+    full_range = empty((slices * tiles_n * 2,), torch.int32, device)
+    classes = empty((slices * tiles_m * tiles_n,), torch.int8, device)
+    rows = [empty((slices * tiles_m,), torch.int32, device) for _ in range(3)]
+    cols = [empty((slices * tiles_n,), torch.int32, device) for _ in range(3)]
+    row_entries = [empty((slices * tiles_m * tiles_n,), torch.int32, device) for _ in range(2)]
+    col_entries = [empty((slices * tiles_m * tiles_n,), torch.int32, device) for _ in range(2)]
 
     _columns_kernel[(slices * tiles_n,)](start, end, intervals, diff, full_range, q_len, kv_len, tiles_m, tiles_n,
                                          BLOCK_M=block_m, BLOCK_N=block_n)
@@ -148,6 +148,11 @@ def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int
     _row_lists_kernel[(slices * tiles_m,)](classes, *rows, *row_entries, tiles_n, CHUNK=_chunk(tiles_n))
     lists = TileLists(q_len, kv_len, block_m, block_n, slices, *rows, *row_entries, *cols, *col_entries)
     return intervals, lists
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocate a kernel output (the kernels write every element that is read; tests swap in a poison fill)."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _chunk(tiles: int) -> int:
