@@ -48,8 +48,8 @@ def bind(runs: Runs, block_m: int, block_n: int, backend: str = "auto") -> Bindi
     ``"reference"`` (torch operations only), or ``"auto"``: Triton on CUDA tensors and under the
     interpreter, the reference elsewhere. Both give the same vectors and the same list entries.
     """
-    _check(runs, block_m, block_n, backend)
-    if _use_triton(backend, runs.start):
+    _check(runs, block_m, block_n)
+    if use_triton(backend, runs.start):
         from maskc.runtime.family.kernels import bind_triton
 
         intervals, lists = bind_triton(runs.start, runs.end, runs.q_len, block_m, block_n)
@@ -59,9 +59,8 @@ def bind(runs: Runs, block_m: int, block_n: int, backend: str = "auto") -> Bindi
     return Binding(runs.batch, runs.heads, intervals, lists, runs.perm_q, runs.perm_k)
 
 
-def _check(runs: Runs, block_m: int, block_n: int, backend: str) -> None:
-    """Refuse malformed runs, an unknown backend or tile size, and bound the lists' memory before
-    allocating it."""
+def _check(runs: Runs, block_m: int, block_n: int) -> None:
+    """Refuse malformed runs or an unknown tile size, and bound the lists' memory before allocating it."""
     positive(runs.q_len, "q_len")
     start = index_tensor(runs.start, "runs.start", 2)
     same_shape(index_tensor(runs.end, "runs.end", 2), "runs.end", start.shape, "runs.start")
@@ -72,8 +71,6 @@ def _check(runs: Runs, block_m: int, block_n: int, backend: str) -> None:
         perm = getattr(runs, name)
         if perm is not None and (index_tensor(perm, f"runs.{name}", 2).shape != (runs.slices, length) or perm.device != start.device):
             raise BindError(f"runs.{name} must be [{runs.slices}, {length}] on {start.device}, got {list(perm.shape)} on {perm.device}")
-    if backend not in BACKENDS:
-        raise BindError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if block_m not in TILE_SIZES or block_n not in TILE_SIZES:
         sizes = ", ".join(map(str, TILE_SIZES))
         raise BindError(f"tile size {block_m}x{block_n} is not supported; each side must be one of {sizes}")
@@ -83,7 +80,11 @@ def _check(runs: Runs, block_m: int, block_n: int, backend: str) -> None:
                         f"{tiles} tiles per slice; at most {MAX_TILES_PER_SLICE} per slice and {MAX_DIM} in all fit")
 
 
-def _use_triton(backend: str, like: torch.Tensor) -> bool:
+def use_triton(backend: str, like: torch.Tensor) -> bool:
+    """Whether ``backend`` runs the Triton kernels for tensors like ``like`` (``"auto"``: on CUDA
+    tensors and under the Triton interpreter); a BindError for an unknown backend."""
+    if backend not in BACKENDS:
+        raise BindError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
         return like.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     return backend == "triton"
