@@ -6,8 +6,9 @@
    ``[start // block_m, (end - 1) // block_m]`` to the key tile's difference array (atomics).
 2. :func:`_column_lists_kernel`, one program per (slice, key tile): a prefix sum of the difference
    array marks the query tiles some run meets; full ones (a contiguous range) go first, partial
-   ones after, each ascending; it also writes every tile's class for step 3.
-3. :func:`_row_lists_kernel`, one program per (slice, query tile): two passes over its row of
+   ones after, each ascending; it also writes its key tile's classes (``[slices, tiles_n, tiles_m]``:
+   each program writes one contiguous row) for step 3.
+3. :func:`_row_lists_kernel`, one program per (slice, query tile): two passes over its column of
    classes write the full, then the partial key tiles.
 
 Work is O(kv_len + tiles), no host synchronisation, and every shape and launch grid depends only on
@@ -72,8 +73,6 @@ def _columns_kernel(start_ptr, end_ptr, iv_ptr, diff_ptr, full_ptr, q_len, kv_le
 def _column_lists_kernel(diff_ptr, full_ptr, classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr,
                          tiles_m, tiles_n, CHUNK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # slice * tiles_n + key tile
-    s = pid // tiles_n
-    n = pid % tiles_n
     full_lo = tl.load(full_ptr + 2 * pid)
     full_hi = tl.load(full_ptr + 2 * pid + 1)
     n_full = full_hi - full_lo
@@ -94,7 +93,7 @@ def _column_lists_kernel(diff_ptr, full_ptr, classes_ptr, lo_ptr, hi_ptr, nfull_
         tl.store(other_ptr + lo + pos, m, mask=listed)
         tl.store(tile_ptr + lo + pos, tl.where(full, _FULL_TILE, _INTERVAL_TILE), mask=listed)
         tile_class = tl.where(full, _FULL, tl.where(partial, _PARTIAL, _EMPTY)).to(tl.int8)
-        tl.store(classes_ptr + (s * tiles_m + m) * tiles_n + n, tile_class, mask=inside)
+        tl.store(classes_ptr + lo + m, tile_class, mask=inside)
         n_partial += tl.sum(partial.to(tl.int32), axis=0)
     tl.store(lo_ptr + pid, lo.to(tl.int32))
     tl.store(hi_ptr + pid, (lo + n_full + n_partial).to(tl.int32))
@@ -102,13 +101,14 @@ def _column_lists_kernel(diff_ptr, full_ptr, classes_ptr, lo_ptr, hi_ptr, nfull_
 
 
 @triton.jit
-def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr, tiles_n, CHUNK: tl.constexpr):
+def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr, tiles_m, tiles_n, CHUNK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # slice * tiles_m + query tile
     lo = pid * tiles_n
+    classes_ptr += (pid // tiles_m) * tiles_n * tiles_m + pid % tiles_m  # column m of the slice's [tiles_n, tiles_m] classes
     n_full = tl.program_id(0) * 0
     for c0 in range(0, tiles_n, CHUNK):
         n = c0 + tl.arange(0, CHUNK)
-        full = tl.load(classes_ptr + lo + n, mask=n < tiles_n, other=_EMPTY) == _FULL
+        full = tl.load(classes_ptr + n * tiles_m, mask=n < tiles_n, other=_EMPTY) == _FULL
         pos = n_full + tl.cumsum(full.to(tl.int32), axis=0) - 1
         tl.store(other_ptr + lo + pos, n, mask=full)
         tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _FULL_TILE, tl.int32), mask=full)
@@ -116,7 +116,7 @@ def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_pt
     count = n_full
     for c0 in range(0, tiles_n, CHUNK):
         n = c0 + tl.arange(0, CHUNK)
-        partial = tl.load(classes_ptr + lo + n, mask=n < tiles_n, other=_EMPTY) == _PARTIAL
+        partial = tl.load(classes_ptr + n * tiles_m, mask=n < tiles_n, other=_EMPTY) == _PARTIAL
         pos = count + tl.cumsum(partial.to(tl.int32), axis=0) - 1
         tl.store(other_ptr + lo + pos, n, mask=partial)
         tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _INTERVAL_TILE, tl.int32), mask=partial)
@@ -145,7 +145,7 @@ def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int
                                          BLOCK_M=block_m, BLOCK_N=block_n)
     _column_lists_kernel[(slices * tiles_n,)](diff, full_range, classes, *cols, *col_entries, tiles_m, tiles_n,
                                               CHUNK=_chunk(tiles_m))
-    _row_lists_kernel[(slices * tiles_m,)](classes, *rows, *row_entries, tiles_n, CHUNK=_chunk(tiles_n))
+    _row_lists_kernel[(slices * tiles_m,)](classes, *rows, *row_entries, tiles_m, tiles_n, CHUNK=_chunk(tiles_n))
     lists = TileLists(q_len, kv_len, block_m, block_n, slices, *rows, *row_entries, *cols, *col_entries)
     return intervals, lists
 
