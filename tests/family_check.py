@@ -77,9 +77,11 @@ def assert_same_as_plan(binding: Binding, plan: maskc.Plan) -> None:
 
 
 def bind_both(runs, block_m: int, block_n: int, mask: np.ndarray) -> None:
-    """Bind ``runs`` through both backends; each must bind ``mask`` exactly."""
+    """Bind through both backends; each must bind ``mask`` exactly. ``runs`` is Runs, or a binder
+    that takes ``backend`` (then the runs are made by each backend too)."""
     for backend in (REFERENCE, TRITON):
-        assert_bound(bind(runs, block_m, block_n, backend), mask)
+        made = runs(backend=backend) if callable(runs) else runs
+        assert_bound(bind(made, block_m, block_n, backend), mask)
 
 
 FORBIDDEN = {

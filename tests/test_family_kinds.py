@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -181,7 +183,7 @@ def depth(parents):
 def test_documents_from_doc_ids(seed, causal, window):
     rng = np.random.default_rng(seed)
     ids = doc_ids(rng, 2, int(rng.integers(1, 150)))
-    runs = family.documents(torch.from_numpy(ids), causal, window)
+    runs = partial(family.documents, torch.from_numpy(ids), causal, window)
     bind_both(runs, *blocks(rng), documents_mask(ids, causal, window))
 
 
@@ -190,7 +192,7 @@ def test_documents_with_prefixes(seed):
     rng = np.random.default_rng(seed)
     ids = doc_ids(rng, 2, 120)
     prefix = rng.random(ids.shape) < 0.3
-    runs = family.documents(torch.from_numpy(ids), prefix=torch.from_numpy(prefix))
+    runs = partial(family.documents, torch.from_numpy(ids), prefix=torch.from_numpy(prefix))
     bind_both(runs, *blocks(rng), documents_mask(ids, True, prefix=prefix & (ids >= 0)))
 
 
@@ -198,7 +200,7 @@ def test_documents_with_prefixes(seed):
 def test_documents_from_position_ids(seed):
     rng = np.random.default_rng(seed)
     ids = doc_ids(rng, 3, 110)
-    runs = family.documents_from_position_ids(torch.from_numpy(position_ids(ids, rng)))
+    runs = partial(family.documents_from_position_ids, torch.from_numpy(position_ids(ids, rng)))
     bind_both(runs, *blocks(rng), documents_mask(ids, True))
 
 
@@ -210,7 +212,7 @@ def test_documents_from_cu_seqlens(seed):
     cu = np.concatenate([[0], np.cumsum(lengths), [sum(lengths)] * int(rng.integers(0, 3))]).astype(np.int32)
     ids = np.full(n, -1)
     ids[: sum(lengths)] = np.repeat(np.arange(len(lengths)), lengths)
-    runs = family.documents_from_cu_seqlens(torch.from_numpy(cu), n, causal=bool(seed % 2), check=True)
+    runs = partial(family.documents_from_cu_seqlens, torch.from_numpy(cu), n, causal=bool(seed % 2), check=True)
     bind_both(runs, *blocks(rng), documents_mask(ids[None], bool(seed % 2)))
 
 
@@ -227,8 +229,24 @@ def test_shared_prefix_groups(seed):
         groups.append(g)
         answers.append(a)
     groups, answers = np.array(groups), np.array(answers)
-    runs = family.shared_prefix(torch.from_numpy(groups), torch.from_numpy(answers))
+    runs = partial(family.shared_prefix, torch.from_numpy(groups), torch.from_numpy(answers))
     bind_both(runs, *blocks(rng), shared_prefix_mask(groups, answers))
+
+
+def test_segments_longer_than_a_program_search_past_it(monkeypatch):
+    """With 8-token programs searching 4 tokens a step, most documents leave their program's block."""
+    from maskc.runtime.family import segment_kernels
+
+    monkeypatch.setattr(segment_kernels, "BLOCK", 8)
+    monkeypatch.setattr(segment_kernels, "SCAN", 4)
+    rng = np.random.default_rng(4)
+    ids = doc_ids(rng, 2, 70)
+    prefix = rng.random(ids.shape) < 0.3
+    t = torch.from_numpy(ids)
+    bind_both(partial(family.documents, t, causal=False), 32, 32, documents_mask(ids, False))
+    bind_both(partial(family.documents, t, prefix=torch.from_numpy(prefix)), 32, 32, documents_mask(ids, True, prefix=prefix & (ids >= 0)))
+    answers = rng.integers(0, 3, ids.shape)
+    bind_both(partial(family.shared_prefix, t, torch.from_numpy(answers)), 32, 32, shared_prefix_mask(ids, answers))
 
 
 def test_library_kinds_compile_to_the_same_plans():
@@ -238,15 +256,15 @@ def test_library_kinds_compile_to_the_same_plans():
     j = torch.arange(n)[None]
     parents = np.array([-1, 0, 1, 1, 0, 4, -1, 6, 6, 8])
     cases = [
-        (family.documents(ids, causal=False), library.documents(lengths, causal=False)),
-        (family.documents(ids, window=16), library.intersection(library.documents(lengths), library.sliding_window(n, 16))),
-        (family.documents(torch.zeros_like(ids), prefix=j < 50), library.prefix_lm(n, 50)),
-        (family.shared_prefix(torch.zeros_like(ids), (ids > 0).long() * ids), library.shared_question(40, lengths[1:])),
-        (family.token_tree(torch.from_numpy(parents)[None], max_depth=3, preorder=True), library.token_tree(parents)),
+        (partial(family.documents, ids, causal=False), library.documents(lengths, causal=False)),
+        (partial(family.documents, ids, window=16), library.intersection(library.documents(lengths), library.sliding_window(n, 16))),
+        (partial(family.documents, torch.zeros_like(ids), prefix=j < 50), library.prefix_lm(n, 50)),
+        (partial(family.shared_prefix, torch.zeros_like(ids), ids), library.shared_question(40, lengths[1:])),
+        (lambda backend: family.token_tree(torch.from_numpy(parents)[None], max_depth=3, preorder=True), library.token_tree(parents)),
     ]
     for runs, source in cases:
         for backend in (REFERENCE, TRITON):
-            assert_same_as_plan(bind(runs, 32, 64, backend), static_plan_of(source))
+            assert_same_as_plan(bind(runs(backend=backend), 32, 64, backend), static_plan_of(source))
 
 
 def static_plan_of(source):
@@ -314,7 +332,7 @@ def test_qk_dropping(seed):
 # --- no host synchronisation, static shapes, value checks ----------------------------------------
 
 
-def binders(rng, n):
+def binders(rng, n, backend):
     """Every binder on fresh random data of ``n`` tokens (shapes fixed, values random)."""
     ids = doc_ids(rng, 2, n)
     shape = (2, 2, n)
@@ -322,10 +340,11 @@ def binders(rng, n):
     cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
     keep = [torch.from_numpy(rng.random(shape) < 0.7) for _ in range(2)]
     return [
-        family.documents(torch.from_numpy(ids), causal=False, window=7),
-        family.documents_from_position_ids(torch.from_numpy(position_ids(ids, rng))),
-        family.documents_from_cu_seqlens(cu, n),
-        family.shared_prefix(torch.from_numpy(ids), torch.from_numpy(rng.integers(0, 2, ids.shape))),
+        family.documents(torch.from_numpy(ids), causal=False, window=7, backend=backend),
+        family.documents(torch.from_numpy(ids), prefix=torch.from_numpy(rng.random(ids.shape) < 0.5), backend=backend),
+        family.documents_from_position_ids(torch.from_numpy(position_ids(ids, rng)), backend=backend),
+        family.documents_from_cu_seqlens(cu, n, backend=backend),
+        family.shared_prefix(torch.from_numpy(ids), torch.from_numpy(rng.integers(0, 2, ids.shape)), backend=backend),
         family.token_tree(torch.from_numpy(np.stack([forest(rng, n) for _ in range(2)])), max_depth=n),
         family.hash_buckets(*(torch.from_numpy(rng.integers(0, 3, shape)) for _ in range(2)), *keep),
         family.qk_dropping(*keep),
@@ -338,7 +357,7 @@ def test_binders_never_sync_and_keep_their_shapes(backend):
     shapes = []
     for _ in range(2):
         with NoHostSync():
-            shapes.append([output_shapes(bind(runs, 32, 32, backend)) for runs in binders(rng, 40)])
+            shapes.append([output_shapes(bind(runs, 32, 32, backend)) for runs in binders(rng, 40, backend)])
     assert shapes[0] == shapes[1]
 
 
