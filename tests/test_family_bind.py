@@ -73,11 +73,11 @@ def test_edge_runs_and_ragged_tiles(block):
 
 def test_long_lists_walk_in_chunks(monkeypatch):
     """Lists longer than the chunk a program holds carry their prefix sums across chunks."""
-    monkeypatch.setattr(family_kernels, "MAX_CHUNK", 2)
+    monkeypatch.setattr(family_kernels, "MAX_VALUES", 16)  # column lists: 16 tiles at a time, row lists: 2
     rng = np.random.default_rng(3)
-    start, end = random_runs(rng, 2, 180, 170)
-    runs = Runs(torch.from_numpy(start), torch.from_numpy(end), 180, batch=2, heads=1)
-    assert_bound(bind(runs, 32, 32, TRITON), dense_of_runs(start, end, 180))
+    start, end = random_runs(rng, 2, 600, 170)
+    runs = Runs(torch.from_numpy(start), torch.from_numpy(end), 600, batch=2, heads=1)
+    assert_bound(bind(runs, 32, 32, TRITON), dense_of_runs(start, end, 600))
 
 
 def test_backends_agree_on_every_listed_entry():

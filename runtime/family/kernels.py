@@ -8,12 +8,12 @@
    array marks the query tiles some run meets; full ones (a contiguous range) go first, partial
    ones after, each ascending; it also writes its key tile's classes (``[slices, tiles_n, tiles_m]``:
    each program writes one contiguous row) for step 3.
-3. :func:`_row_lists_kernel`, one program per (slice, query tile): two passes over its column of
-   classes write the full, then the partial key tiles.
+3. :func:`_row_lists_kernel`, one program per (slice, ``ROWS`` query tiles): two passes over their
+   columns of classes write the full, then the partial key tiles of each.
 
 Work is O(kv_len + tiles), no host synchronisation, and every shape and launch grid depends only on
-the sizes: the same compiled kernels serve every step. Lists longer than ``CHUNK`` tiles are walked
-in chunks with a carried prefix, so one program never holds more than ``CHUNK`` values.
+the sizes: the same compiled kernels serve every step. Long lists are walked in chunks with a
+carried prefix, so one program never holds more than ``MAX_VALUES`` values.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import triton.language as tl
 from maskc.runtime.family.lists import EMPTY, FULL, PARTIAL, TileLists
 from maskc.runtime.format import FULL_TILE, INTERVAL_TILE, LTE, LTS, UTE, UTS
 
-MAX_CHUNK = 1024  # tiles one program holds at once when walking a list
+MAX_VALUES = 4096  # tile classes one program holds at once when walking its lists
+ROWS = 8  # row lists per program of the row-list kernel (their classes are read 8 bytes at a time)
 
 # Kernels may only read globals that are tl.constexpr.
 _LTS, _LTE, _UTS, _UTE = (tl.constexpr(row) for row in (LTS, LTE, UTS, UTE))
@@ -101,29 +102,39 @@ def _column_lists_kernel(diff_ptr, full_ptr, classes_ptr, lo_ptr, hi_ptr, nfull_
 
 
 @triton.jit
-def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr, tiles_m, tiles_n, CHUNK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # slice * tiles_m + query tile
-    lo = pid * tiles_n
-    classes_ptr += (pid // tiles_m) * tiles_n * tiles_m + pid % tiles_m  # column m of the slice's [tiles_n, tiles_m] classes
-    n_full = tl.program_id(0) * 0
+def _row_lists_kernel(classes_ptr, lo_ptr, hi_ptr, nfull_ptr, other_ptr, tile_ptr, tiles_m, tiles_n,
+                      CHUNK: tl.constexpr, ROWS: tl.constexpr):
+    groups = tl.cdiv(tiles_m, ROWS)
+    pid = tl.program_id(0)  # slice * groups + group of ROWS query tiles
+    s = (pid // groups).to(tl.int64)
+    m0 = (pid % groups) * ROWS
+    rows = m0 + tl.arange(0, ROWS)
+    inside = rows < tiles_m
+    lo = (s * tiles_m + rows) * tiles_n
+    classes_ptr += s * tiles_n * tiles_m + m0  # columns m0.. of the slice's [tiles_n, tiles_m] classes
+    n_full = _write_entries(classes_ptr, other_ptr, tile_ptr, lo, inside, tl.zeros([ROWS], tl.int32), tiles_m, tiles_n,
+                            _FULL, _FULL_TILE, CHUNK, ROWS)
+    count = _write_entries(classes_ptr, other_ptr, tile_ptr, lo, inside, n_full, tiles_m, tiles_n,
+                           _PARTIAL, _INTERVAL_TILE, CHUNK, ROWS)
+    tl.store(lo_ptr + s * tiles_m + rows, lo.to(tl.int32), mask=inside)
+    tl.store(hi_ptr + s * tiles_m + rows, (lo + count).to(tl.int32), mask=inside)
+    tl.store(nfull_ptr + s * tiles_m + rows, n_full, mask=inside)
+
+
+@triton.jit
+def _write_entries(classes_ptr, other_ptr, tile_ptr, lo, inside, count, tiles_m, tiles_n,
+                   CLASS: tl.constexpr, TILE_ID: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr):
+    """Append the key tiles of class ``CLASS`` of ROWS row lists (starting at ``lo``, ``count``
+    entries in already), in ascending order; returns the new counts."""
     for c0 in range(0, tiles_n, CHUNK):
         n = c0 + tl.arange(0, CHUNK)
-        full = tl.load(classes_ptr + n * tiles_m, mask=n < tiles_n, other=_EMPTY) == _FULL
-        pos = n_full + tl.cumsum(full.to(tl.int32), axis=0) - 1
-        tl.store(other_ptr + lo + pos, n, mask=full)
-        tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _FULL_TILE, tl.int32), mask=full)
-        n_full += tl.sum(full.to(tl.int32), axis=0)
-    count = n_full
-    for c0 in range(0, tiles_n, CHUNK):
-        n = c0 + tl.arange(0, CHUNK)
-        partial = tl.load(classes_ptr + n * tiles_m, mask=n < tiles_n, other=_EMPTY) == _PARTIAL
-        pos = count + tl.cumsum(partial.to(tl.int32), axis=0) - 1
-        tl.store(other_ptr + lo + pos, n, mask=partial)
-        tl.store(tile_ptr + lo + pos, tl.full([CHUNK], _INTERVAL_TILE, tl.int32), mask=partial)
-        count += tl.sum(partial.to(tl.int32), axis=0)
-    tl.store(lo_ptr + pid, lo.to(tl.int32))
-    tl.store(hi_ptr + pid, (lo + count).to(tl.int32))
-    tl.store(nfull_ptr + pid, n_full)
+        ok = (n < tiles_n)[:, None] & inside[None, :]
+        hit = tl.load(classes_ptr + n[:, None] * tiles_m + tl.arange(0, ROWS)[None, :], mask=ok, other=_EMPTY) == CLASS
+        pos = count[None, :] + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+        tl.store(other_ptr + lo[None, :] + pos, n[:, None] + tl.zeros([CHUNK, ROWS], tl.int32), mask=hit)
+        tl.store(tile_ptr + lo[None, :] + pos, tl.full([CHUNK, ROWS], TILE_ID, tl.int32), mask=hit)
+        count += tl.sum(hit.to(tl.int32), axis=0)
+    return count
 
 
 def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int, block_n: int) -> tuple[torch.Tensor, TileLists]:
@@ -144,8 +155,9 @@ def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int
     _columns_kernel[(slices * tiles_n,)](start, end, intervals, diff, full_range, q_len, kv_len, tiles_m, tiles_n,
                                          BLOCK_M=block_m, BLOCK_N=block_n)
     _column_lists_kernel[(slices * tiles_n,)](diff, full_range, classes, *cols, *col_entries, tiles_m, tiles_n,
-                                              CHUNK=_chunk(tiles_m))
-    _row_lists_kernel[(slices * tiles_m,)](classes, *rows, *row_entries, tiles_m, tiles_n, CHUNK=_chunk(tiles_n))
+                                              CHUNK=_chunk(tiles_m, 1))
+    _row_lists_kernel[(slices * triton.cdiv(tiles_m, ROWS),)](classes, *rows, *row_entries, tiles_m, tiles_n,
+                                                             CHUNK=_chunk(tiles_n, ROWS), ROWS=ROWS)
     lists = TileLists(q_len, kv_len, block_m, block_n, slices, *rows, *row_entries, *cols, *col_entries)
     return intervals, lists
 
@@ -155,6 +167,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _chunk(tiles: int) -> int:
-    """Tiles one program loads at once: the list's length rounded up to a power of two, at most MAX_CHUNK."""
-    return min(triton.next_power_of_2(tiles), MAX_CHUNK)
+def _chunk(tiles: int, lists: int) -> int:
+    """Tiles of each of ``lists`` lists one program loads at once: the lists' length rounded up to
+    a power of two, and at most MAX_VALUES in all."""
+    return max(1, min(triton.next_power_of_2(tiles), MAX_VALUES // lists))
