@@ -3,7 +3,8 @@
 1. :func:`_columns_kernel`, one program per (slice, key tile): clamps its columns' runs, writes
    their canonical interval vectors, the query-tile range where the key tile is full (from the
    largest run start and the smallest run end), and adds each non-empty run's query-tile range
-   ``[start // block_m, (end - 1) // block_m]`` to the key tile's difference array (atomics).
+   ``[start // block_m, (end - 1) // block_m]`` to the key tile's difference array (atomics; a
+   range equal to the previous column's is skipped: the union, all that is read, is the same).
 2. :func:`_column_lists_kernel`, one program per (slice, key tile): a prefix sum of the difference
    array marks the query tiles some run meets; full ones (a contiguous range) go first, partial
    ones after, each ascending; it also writes its key tile's classes (``[slices, tiles_n, tiles_m]``:
@@ -35,20 +36,27 @@ _EMPTY, _FULL, _PARTIAL = tl.constexpr(EMPTY), tl.constexpr(FULL), tl.constexpr(
 
 
 @triton.jit
+def _clamped_runs(start_ptr, end_ptr, cols, inside, q_len):
+    """The runs of columns ``cols`` clamped to ``[0, q_len]``, an empty one as ``[q_len, q_len)``."""
+    start = tl.load(start_ptr + cols, mask=inside, other=0).to(tl.int32)
+    end = tl.load(end_ptr + cols, mask=inside, other=0).to(tl.int32)
+    start = tl.minimum(tl.maximum(start, 0), q_len)
+    end = tl.minimum(tl.maximum(end, 0), q_len)
+    empty = start >= end
+    return tl.where(empty, q_len, start), tl.where(empty, q_len, end), empty
+
+
+@triton.jit
 def _columns_kernel(start_ptr, end_ptr, iv_ptr, diff_ptr, full_ptr, q_len, kv_len, tiles_m, tiles_n,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # slice * tiles_n + key tile
     s = pid // tiles_n
     n = pid % tiles_n
+    start_ptr += s * kv_len
+    end_ptr += s * kv_len
     cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
     inside = cols < kv_len
-    start = tl.load(start_ptr + s * kv_len + cols, mask=inside, other=0).to(tl.int32)
-    end = tl.load(end_ptr + s * kv_len + cols, mask=inside, other=0).to(tl.int32)
-    start = tl.minimum(tl.maximum(start, 0), q_len)
-    end = tl.minimum(tl.maximum(end, 0), q_len)
-    empty = start >= end
-    start = tl.where(empty, q_len, start)
-    end = tl.where(empty, q_len, end)
+    start, end, empty = _clamped_runs(start_ptr, end_ptr, cols, inside, q_len)
 
     iv = iv_ptr + s * 4 * kv_len + cols
     tl.store(iv + _LTS * kv_len, end, mask=inside)
@@ -63,11 +71,18 @@ def _columns_kernel(start_ptr, end_ptr, iv_ptr, diff_ptr, full_ptr, q_len, kv_le
     tl.store(full_ptr + 2 * pid, full_lo)
     tl.store(full_ptr + 2 * pid + 1, tl.maximum(full_hi, full_lo))
 
-    seen = inside & ~empty
+    # The union of the columns' query-tile ranges: a column whose range is its left neighbour's adds
+    # nothing to it, so only the others are counted (neighbouring columns mostly share both ends,
+    # and atomics on one address would otherwise serialise).
+    first, last = start // BLOCK_M, (end - 1) // BLOCK_M
+    left_inside = inside & (cols > n * BLOCK_N)
+    left_start, left_end, left_empty = _clamped_runs(start_ptr, end_ptr, cols - 1, left_inside, q_len)
+    repeat = left_inside & ~left_empty & (left_start // BLOCK_M == first) & ((left_end - 1) // BLOCK_M == last)
+    counted = inside & ~empty & ~repeat
     diff = diff_ptr + pid * (tiles_m + 1)
     ones = tl.full([BLOCK_N], 1, tl.int32)
-    tl.atomic_add(diff + start // BLOCK_M, ones, mask=seen)
-    tl.atomic_add(diff + (end - 1) // BLOCK_M + 1, -ones, mask=seen)
+    tl.atomic_add(diff + first, ones, mask=counted)
+    tl.atomic_add(diff + last + 1, -ones, mask=counted)
 
 
 @triton.jit
