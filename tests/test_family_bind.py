@@ -33,6 +33,13 @@ def random_runs(rng, slices, q_len, kv_len):
     return start, end
 
 
+def test_runs_beyond_int32_are_clamped_not_wrapped():
+    start = torch.tensor([[2**32, -(2**40), 3, 2**33 + 5]])
+    end = torch.tensor([[2**32 + 9, 2**40, 2**32 + 1, 7]])
+    runs = Runs(start, end, 10, batch=1, heads=1)
+    bind_both(runs, 32, 32, dense_of_runs(start.clamp(0, 10).numpy(), end.clamp(0, 10).numpy(), 10))
+
+
 def dense_of_runs(start, end, q_len):
     rows = np.arange(q_len)[None, :, None]
     return (rows >= start[:, None, :]) & (rows < end[:, None, :])

@@ -38,10 +38,8 @@ _EMPTY, _FULL, _PARTIAL = tl.constexpr(EMPTY), tl.constexpr(FULL), tl.constexpr(
 @triton.jit
 def _clamped_runs(start_ptr, end_ptr, cols, inside, q_len):
     """The runs of columns ``cols`` clamped to ``[0, q_len]``, an empty one as ``[q_len, q_len)``."""
-    start = tl.load(start_ptr + cols, mask=inside, other=0).to(tl.int32)
-    end = tl.load(end_ptr + cols, mask=inside, other=0).to(tl.int32)
-    start = tl.minimum(tl.maximum(start, 0), q_len)
-    end = tl.minimum(tl.maximum(end, 0), q_len)
+    start = tl.minimum(tl.maximum(tl.load(start_ptr + cols, mask=inside, other=0), 0), q_len).to(tl.int32)
+    end = tl.minimum(tl.maximum(tl.load(end_ptr + cols, mask=inside, other=0), 0), q_len).to(tl.int32)
     empty = start >= end
     return tl.where(empty, q_len, start), tl.where(empty, q_len, end), empty
 
