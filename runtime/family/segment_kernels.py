@@ -119,10 +119,10 @@ def segment_runs(ids: torch.Tensor, given_as: str, causal: bool = True, window: 
     ids = ids.contiguous()
     start = torch.empty((batch, n), dtype=torch.int32, device=ids.device)
     end = torch.empty((batch, n), dtype=torch.int32, device=ids.device)
-    inner = ids if inner is None else inner.contiguous()
-    prefix = ids if prefix is None else prefix.contiguous().view(torch.uint8)
+    inner = ids if inner is None else inner.contiguous()  # read only in the "groups" mode
+    flags = ids if prefix is None else prefix.contiguous().view(torch.uint8)  # read only with a prefix
     block = min(triton.next_power_of_2(n), BLOCK)
     _segment_runs_kernel[(batch, triton.cdiv(n, block))](
-        ids, inner, prefix, start, end, n, 1 if window is None else window, MODE=MODES[given_as], CAUSAL=causal,
-        WINDOW=window is not None, PREFIX=prefix is not ids, BLOCK=block, SCAN=SCAN)
+        ids, inner, flags, start, end, n, 1 if window is None else min(window, n), MODE=MODES[given_as], CAUSAL=causal,
+        WINDOW=window is not None, PREFIX=prefix is not None, BLOCK=block, SCAN=SCAN)
     return start, end
