@@ -27,7 +27,8 @@ EMPTY, FULL, PARTIAL = 0, 1, 2  # tile classes
 
 @dataclass(frozen=True)
 class TileLists:
-    """The row and column lists of one bound step, int32 tensors on the step's device.
+    """The row and column lists of one bound step, int32 tensors on the step's device, for
+    ``tiles_m = ceil(q_len / block_m)`` query tiles and ``tiles_n = ceil(kv_len / block_n)`` key tiles.
 
     ``row_lo/row_hi/row_full`` are ``[slices * tiles_m]``; ``row_col/row_tile`` are
     ``[slices * tiles_m * tiles_n]`` (capacity ``tiles_n`` per list). ``col_*`` likewise with
@@ -50,14 +51,6 @@ class TileLists:
     col_full: torch.Tensor
     col_row: torch.Tensor
     col_tile: torch.Tensor
-
-    @property
-    def tiles_m(self) -> int:
-        return -(-self.q_len // self.block_m)
-
-    @property
-    def tiles_n(self) -> int:
-        return -(-self.kv_len // self.block_n)
 
 
 def tile_classes_torch(intervals: torch.Tensor, q_len: int, block_m: int, block_n: int) -> torch.Tensor:
