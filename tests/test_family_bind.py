@@ -3,6 +3,8 @@ interpreter) and the torch path, against the compiler's static plans of the same
 no host synchronisation; shapes that depend only on the sizes."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -140,3 +142,12 @@ def test_tile_count_is_bounded_before_allocating():
     runs = Runs(torch.zeros(1, 4096, dtype=torch.int32), torch.ones(1, 4096, dtype=torch.int32), 2**30, batch=1, heads=1)
     with pytest.raises(BindError, match="tiles per slice"):
         bind(runs, 32, 32)
+
+
+def test_the_family_package_keeps_the_runtime_rules():
+    """``maskc.runtime.family`` is runtime: nothing of the compiler or ``maskc.measure``, no scipy or networkx."""
+    script = "import sys, maskc.runtime.family\nprint(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split())
+    assert "torch" in loaded and "maskc.runtime.family" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("scipy", "networkx")}
+    assert not {m for m in loaded if m.startswith("maskc.") and not m.startswith("maskc.runtime")}
