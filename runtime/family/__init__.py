@@ -11,12 +11,17 @@ The observation that makes it cheap: in every family above, for each mask slice 
 ``j``, the query rows that see the key are ONE run ``[start_j, end_j)`` — after sorting queries and
 keys, per slice, for the bucket and dropping families. So binding is
 
-1. a family binder (:func:`documents`, :func:`shared_prefix`, :func:`token_tree`,
-   :func:`hash_buckets`, ...) computes the runs with scans, gathers, sorts and ``searchsorted``
-   (:class:`Runs`; with ``perm_q``/``perm_k``, the caller's token at each sorted position);
+1. a family binder computes the runs (:class:`Runs`; with ``perm_q``/``perm_k``, the caller's
+   token at each sorted position): packed documents and shared-prefix groups (:func:`documents`,
+   :func:`documents_from_position_ids`, :func:`documents_from_cu_seqlens`, :func:`shared_prefix`)
+   in one Triton launch, token trees (:func:`token_tree`) and the sorted families
+   (:func:`hash_buckets`, :func:`qk_dropping`) with torch gathers, scans, sorts and ``searchsorted``;
 2. :func:`bind` turns runs into the canonical interval vectors (masked rows ``[0, start)`` and
    ``[end, q_len)``, exactly what the compiler writes for the same mask) and the tile lists, with
-   an exact full/partial/empty class per tile, in three Triton launches (or torch operations).
+   an exact full/partial/empty class per tile, in three Triton launches.
+
+``backend="reference"`` does both steps with torch operations only (the CPU reference backend, and
+the oracle the Triton path is tested against); ``"auto"`` picks Triton for CUDA tensors.
 
 The lists are in fixed-capacity **ELL** form (:class:`TileLists`): row list ``r = s * tiles_m + m``
 holds the entries ``[row_lo[r], row_hi[r])`` of ``row_col``/``row_tile`` inside its own ``tiles_n``
