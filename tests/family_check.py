@@ -33,9 +33,11 @@ def poison_outputs(monkeypatch) -> None:
     monkeypatch.setattr(family_kernels, "empty", poisoned)
 
 
-def static_plan(mask: np.ndarray, block_m: int, block_n: int) -> maskc.Plan:
-    """The compiler's interval plan of a dense ``[S, Nq, Nk]`` mask, with nothing reordered or scheduled."""
-    return maskc.compile(mask[:, None], block=(block_m, block_n), variant="intervals", schedule="none",
+def static_plan(source, block_m: int, block_n: int) -> maskc.Plan:
+    """The compiler's interval plan of ``source`` (a mask source, or a dense ``[S, Nq, Nk]`` mask),
+    with nothing reordered or scheduled."""
+    mask = source[:, None] if isinstance(source, np.ndarray) else source
+    return maskc.compile(mask, block=(block_m, block_n), variant="intervals", schedule="none",
                          reorder="none", profile="none", backward="tiles")
 
 

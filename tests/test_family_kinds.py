@@ -264,13 +264,7 @@ def test_library_kinds_compile_to_the_same_plans():
     ]
     for runs, source in cases:
         for backend in (REFERENCE, TRITON):
-            assert_same_as_plan(bind(runs(backend=backend), 32, 64, backend), static_plan_of(source))
-
-
-def static_plan_of(source):
-    import maskc
-
-    return maskc.compile(source, block=(32, 64), variant="intervals", schedule="none", profile="none", backward="tiles")
+            assert_same_as_plan(bind(runs(backend=backend), 32, 64, backend), static_plan(source, 32, 64))
 
 
 # --- token trees ---------------------------------------------------------------------------------
