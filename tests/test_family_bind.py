@@ -16,7 +16,7 @@ from family_check import REFERENCE, TRITON, NoHostSync, assert_bound, bind_both,
 from maskc.intervals import canonical
 from maskc.runtime.family import BindError, Runs, bind, intervals_from_runs
 from maskc.runtime.family import kernels as family_kernels
-from maskc.runtime.kernels.config import TILE_SIZES
+from maskc.runtime.format import TILE_SIZES
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tests run the kernels in the Triton interpreter")
 
@@ -140,7 +140,7 @@ def test_bad_arguments_are_named():
 
 def test_tile_count_is_bounded_before_allocating():
     runs = Runs(torch.zeros(1, 4096, dtype=torch.int32), torch.ones(1, 4096, dtype=torch.int32), 2**30, batch=1, heads=1)
-    with pytest.raises(BindError, match="tiles per slice"):
+    with pytest.raises(BindError, match="tiles; at most"):
         bind(runs, 32, 32)
 
 

@@ -18,7 +18,7 @@ from family_check import REFERENCE, TRITON, NoHostSync, assert_same_as_plan, bin
 from maskc import library
 from maskc.runtime import family
 from maskc.runtime.family import BindError, bind
-from maskc.runtime.kernels.config import TILE_SIZES
+from maskc.runtime.format import TILE_SIZES
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tests run the kernels in the Triton interpreter")
 SEEDS = range(3)

@@ -16,8 +16,7 @@ import torch
 from maskc.runtime.family.checks import BindError, index_tensor, positive, same_device, same_shape
 from maskc.runtime.family.lists import TileLists, lists_torch
 from maskc.runtime.family.runs import Runs, intervals_from_runs
-from maskc.runtime.format import MAX_DIM, MAX_TILES_PER_SLICE
-from maskc.runtime.kernels.config import TILE_SIZES
+from maskc.runtime.format import MAX_DERIVED_TILES, TILE_SIZES
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -74,10 +73,10 @@ def _check(runs: Runs, block_m: int, block_n: int) -> None:
     if block_m not in TILE_SIZES or block_n not in TILE_SIZES:
         sizes = ", ".join(map(str, TILE_SIZES))
         raise BindError(f"tile size {block_m}x{block_n} is not supported; each side must be one of {sizes}")
-    tiles = -(-runs.q_len // block_m) * -(-runs.kv_len // block_n)
-    if tiles > MAX_TILES_PER_SLICE or runs.slices * tiles > MAX_DIM:
+    tiles = runs.slices * -(-runs.q_len // block_m) * -(-runs.kv_len // block_n)
+    if tiles > MAX_DERIVED_TILES:  # the bound a plan reader puts on lists derived from intervals
         raise BindError(f"{runs.slices} slices of {runs.q_len}x{runs.kv_len} in {block_m}x{block_n} tiles are "
-                        f"{tiles} tiles per slice; at most {MAX_TILES_PER_SLICE} per slice and {MAX_DIM} in all fit")
+                        f"{tiles} tiles; at most {MAX_DERIVED_TILES} fit")
 
 
 def use_triton(backend: str, like: torch.Tensor) -> bool:
