@@ -17,7 +17,7 @@ from pathlib import Path
 import maskc
 from maskc import library
 from maskc.errors import MaskError
-from maskc.runtime.format import VERSION
+from maskc.runtime.format import PLAN_VERSION as VERSION
 
 HERE = Path(__file__).parent
 CASES = [

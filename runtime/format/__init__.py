@@ -6,13 +6,15 @@ before anything reaches a kernel, so a corrupted or hostile file raises :class:`
 causes an out-of-bounds access or an unbounded allocation. ``plans/FORMAT.md`` is the byte-level
 specification. The compiler imports nothing else of the runtime.
 
-Modules: ``plan`` (the immutable :class:`Plan` and the format's constants), ``codec`` (bytes in
+Modules: ``plan`` (the immutable :class:`Plan` and the format's constants), ``family`` (the
+:class:`FamilyPlan` of a mask family bound per step), ``codec`` (bytes in
 and out), ``validate`` (every check), ``readback`` (the mask a plan stands for, read back),
 ``intervals`` (the column-interval form: tile classes and lists), ``policy`` (tile sizes, dtype
 names, list traits, which calls run dense pieces), ``files`` (atomic writes).
 """
 
-from maskc.runtime.format.codec import MAGIC, VERSION, decode, encode, load
+from maskc.runtime.format.codec import FAMILY_VERSION, MAGIC, PLAN_VERSION, VERSION, decode, encode, load
+from maskc.runtime.format.family import FAMILY_KINDS, SORTED_FAMILIES, TRAITS, FamilyPlan, validate_family
 from maskc.runtime.format.files import atomic_path, atomic_write
 from maskc.runtime.format.intervals import (
     LTE, LTS, MAX_DERIVED_TILES, UTE, UTS, masked_pairs, masked_rows, tile_classes, tile_lists, tile_masked_counts, visible_rows,
@@ -28,6 +30,7 @@ from maskc.runtime.format.readback import (
 from maskc.runtime.format.validate import validate
 
 __all__ = [
+    "FAMILY_KINDS", "FAMILY_VERSION", "PLAN_VERSION", "SORTED_FAMILIES", "TRAITS", "FamilyPlan", "validate_family",
     "ARRAY_SPECS", "DENSE_VARIANTS", "DERIVED_LISTS", "DTYPES", "FULL_TILE", "HASH_OF", "INTERVAL_TILE", "LIST_ARRAYS", "LTE", "LTS",
     "MAGIC", "MAX_DERIVED_TILES", "MAX_DIM", "MAX_PIECES", "ORDER_ARRAYS", "PIECE_FIELDS", "SHARED", "TILE_SIZES", "UNBALANCED", "UTE",
     "UTS", "VARIANTS", "VERSION", "Plan", "PlanError", "atomic_path", "atomic_write", "bitmap_bits", "decode", "decode_mask",

@@ -1,7 +1,9 @@
 """The plan file's bytes: a fixed preamble (magic, version, SHA-256 of the body), then one msgpack
 map of plain values and raw little-endian arrays (``plans/FORMAT.md``). Encoding is deterministic;
 decoding checks the preamble, then every field's type and every array's dtype, shape and length,
-then the plan itself (:mod:`maskc.runtime.format.validate`) before returning it.
+then the plan itself (:mod:`maskc.runtime.format.validate`) before returning it. A plan is written
+in the oldest version that holds it (4 for a plan of one mask, 5 for a family plan), so older
+readers keep reading what they can run.
 """
 
 from __future__ import annotations
@@ -16,23 +18,46 @@ from collections.abc import Mapping
 import msgpack
 import numpy as np
 
+from maskc.runtime.format.family import FamilyPlan, validate_family
 from maskc.runtime.format.plan import ARRAY_SPECS, DERIVED_LISTS, LIST_ARRAYS, MAX_DIM, ORDER_ARRAYS, Plan, PlanError
-from maskc.runtime.format.validate import validate, with_derived_lists
+from maskc.runtime.format.validate import MAX_META_DEPTH, check_plain, validate, with_derived_lists
 
 MAGIC = b"MASKCPLN"
-VERSION = 4
+VERSION = 5  # the newest version this reader reads
+PLAN_VERSION = 4  # the version a plan of one mask is written in
+FAMILY_VERSION = 5  # the version a family plan is written in
 _PREAMBLE = struct.Struct("<8sI32s")  # magic, format version, sha256(body)
 META_INTS = ("q_len", "kv_len", "batch", "heads", "block_m", "block_n", "visible_pairs")
 V3_ARRAYS = tuple(name for name in ARRAY_SPECS if name != "pieces")
 V2_ARRAYS = tuple(name for name in V3_ARRAYS if name not in ORDER_ARRAYS)
 V1_ARRAYS = tuple(name for name in V2_ARRAYS if name != "intervals")
-_ARRAYS_OF_VERSION = {1: V1_ARRAYS, 2: V2_ARRAYS, 3: V3_ARRAYS, 4: tuple(ARRAY_SPECS)}
+_ARRAYS_OF_VERSION = {1: V1_ARRAYS, 2: V2_ARRAYS, 3: V3_ARRAYS, 4: tuple(ARRAY_SPECS), 5: tuple(ARRAY_SPECS)}
+FAMILY_FIELDS = ("kind", "params", "max_len", "block_m", "block_n", "traits")
 
 
-def encode(plan: Plan) -> bytes:
-    """Serialise a validated plan; byte-identical output for identical plans (map keys are sorted)."""
+def encode(plan: Plan | FamilyPlan) -> bytes:
+    """Serialise a validated plan or family plan; byte-identical output for identical plans (map
+    keys are sorted)."""
+    if isinstance(plan, FamilyPlan):
+        _check_family(plan)
+        body = {"family": {name: getattr(plan, name) for name in FAMILY_FIELDS}, "options": plan.options}
+        if plan.predictions is not None:
+            body["predictions"] = plan.predictions
+        return _seal(body, FAMILY_VERSION)
     validate(plan)
     return _pack(plan)
+
+
+def _seal(body: dict, version: int) -> bytes:
+    payload = msgpack.packb(_sorted(body), use_bin_type=True)
+    return _PREAMBLE.pack(MAGIC, version, hashlib.sha256(payload).digest()) + payload
+
+
+def _check_family(plan: FamilyPlan) -> None:
+    validate_family(plan)
+    check_plain(dict(plan.options), "options", MAX_META_DEPTH)
+    if plan.predictions is not None:
+        check_plain(dict(plan.predictions), "predictions", MAX_META_DEPTH)
 
 
 def _pack(plan: Plan) -> bytes:
@@ -53,13 +78,12 @@ def _pack(plan: Plan) -> bytes:
     }
     if plan.predictions is not None:
         meta["predictions"] = plan.predictions
-    body = {"meta": meta, "options": plan.options, "arrays": arrays}
-    payload = msgpack.packb(_sorted(body), use_bin_type=True)
-    return _PREAMBLE.pack(MAGIC, VERSION, hashlib.sha256(payload).digest()) + payload
+    return _seal({"meta": meta, "options": plan.options, "arrays": arrays}, PLAN_VERSION)
 
 
-def decode(data: bytes) -> Plan:
-    """Parse and fully validate a plan file's bytes."""
+def decode(data: bytes) -> Plan | FamilyPlan:
+    """Parse and fully validate a plan file's bytes: a :class:`Plan`, or (version 5) a
+    :class:`FamilyPlan`."""
     if len(data) < _PREAMBLE.size:
         raise PlanError(f"not a maskc plan: {len(data)} bytes is shorter than the {_PREAMBLE.size}-byte preamble")
     magic, version, digest = _PREAMBLE.unpack_from(data)
@@ -76,6 +100,8 @@ def decode(data: bytes) -> Plan:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types on bad input
         raise PlanError(f"plan body is not valid msgpack: {e}") from None
+    if version >= FAMILY_VERSION and isinstance(body, dict) and "family" in body:
+        return _family_from_body(body)
     plan = _plan_from_body(body, version)
     if plan.variant in DERIVED_LISTS and plan.arrays["row_ptr"].size == 0:
         return with_derived_lists(plan)
@@ -83,7 +109,7 @@ def decode(data: bytes) -> Plan:
     return plan
 
 
-def load(path: str | os.PathLike) -> Plan:
+def load(path: str | os.PathLike) -> Plan | FamilyPlan:
     """Read and validate a plan file (a regular file: a device or a pipe is refused unread)."""
     try:
         with open(path, "rb") as f:
@@ -173,3 +199,29 @@ def _plan_from_body(body, version: int) -> Plan:
         options=options,
         predictions=predictions,
     )
+
+
+def _family_from_body(body: dict) -> FamilyPlan:
+    """The FamilyPlan a version-5 family body describes, every field typed and checked."""
+    family = _field(body, "family", dict, "")
+    extra = set(body) - {"family", "options", "predictions"}
+    if extra:
+        raise PlanError(f"family plan has unknown fields {sorted(extra)}")
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise PlanError("plan field options must be a map")
+    predictions = body.get("predictions")
+    if predictions is not None and not isinstance(predictions, dict):
+        raise PlanError("plan field predictions must be a map")
+    plan = FamilyPlan(
+        kind=_field(family, "kind", str, "family."),
+        params=_field(family, "params", dict, "family."),
+        max_len=_field(family, "max_len", int, "family."),
+        block_m=_field(family, "block_m", int, "family."),
+        block_n=_field(family, "block_n", int, "family."),
+        traits=_field(family, "traits", dict, "family."),
+        options=options,
+        predictions=predictions,
+    )
+    _check_family(plan)
+    return plan
