@@ -84,6 +84,12 @@ class MaskSource:
         return f"{type(self).__name__}({self.name}, shape={list(self.shape)})"
 
 
+def check_rows(source: MaskSource, b: int, h: int, start: int, stop: int) -> None:
+    """Refuse a slice or row window outside the source's shape, rather than return wrong rows."""
+    if not (0 <= b < source.batch and 0 <= h < source.heads and 0 <= start <= stop <= source.q_len):
+        raise MaskError(f"{source.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(source.shape)}")
+
+
 def as_shape4(shape: tuple[int, ...], where: str) -> Shape4:
     """Normalise a mask shape ``[Nq, Nk]``, ``[H, Nq, Nk]`` or ``[B, H, Nq, Nk]`` to four dimensions."""
     if len(shape) not in (2, 3, 4):
@@ -139,8 +145,7 @@ class IntervalSource(MaskSource):
         self._intervals = np.ascontiguousarray(intervals, dtype=np.int64)
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
-            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        check_rows(self, b, h, start, stop)
         return visible_rows(self._intervals[b * self.heads + h], start, stop)
 
     def intervals(self) -> np.ndarray:
@@ -157,8 +162,7 @@ class PlanSource(MaskSource):
         self._bits = bitmap_bits(plan)
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
-            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        check_rows(self, b, h, start, stop)
         return mask_rows(self.plan, b * self.heads + h, start, stop, self._bits)
 
 
