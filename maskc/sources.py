@@ -4,16 +4,13 @@ The compiler never asks for the whole mask. A dense ``.npy`` is memory-mapped an
 block, a sparse ``.npz`` is sliced by rows without densifying, and the built-in library computes its
 rows from a formula, so a mask larger than memory still compiles. Structured sources also give
 their column intervals directly (:meth:`MaskSource.intervals`), in O(kv_len), so a long-context
-mask compiles without ever producing its rows. A JSON spec (``.json`` path or a dict) names a
-library mask by its parameters (:mod:`maskc.spec`).
+mask compiles without ever producing its rows. :func:`maskc.inputs.open_mask` turns what a user
+gives (a path, a spec, an array) into a source.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,53 +178,3 @@ class SparseSource(MaskSource):
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
         return self._csr[start:stop].toarray().astype(bool)
-
-
-def open_mask(mask: Any) -> MaskSource:
-    """Turn a path (``.npy``, ``.npz``, ``.json`` spec), a spec dict, an array, a tensor or a
-    MaskSource into a MaskSource."""
-    if isinstance(mask, MaskSource):
-        return mask
-    if isinstance(mask, dict):
-        from maskc.spec import from_spec
-
-        return from_spec(mask)
-    if isinstance(mask, (str, os.PathLike)):
-        return _open_path(Path(mask))
-    if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):
-        return SparseSource(mask)
-    if hasattr(mask, "detach"):  # a torch tensor; the compiler never imports torch itself
-        mask = mask.detach().cpu().numpy()
-    array = np.asarray(mask)
-    return ArraySource(array, name=f"array{list(array.shape)}")
-
-
-def _open_path(path: Path) -> MaskSource:
-    if not path.exists():
-        raise MaskError(f"mask file not found: {path}")
-    if path.is_dir():
-        raise MaskError(f"mask path is a directory, not a file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise MaskError(f"{path}: not a readable .npy array ({e})") from None
-        return ArraySource(array, name=str(path))
-    if suffix == ".npz":
-        return _open_npz(path)
-    if suffix == ".json":
-        from maskc.spec import load_spec
-
-        return load_spec(path)
-    raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense), .npz (scipy.sparse) or .json (a mask spec)")
-
-
-def _open_npz(path: Path) -> MaskSource:
-    import scipy.sparse as sp
-
-    try:
-        matrix = sp.load_npz(path)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise MaskError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz ({e})") from None
-    return SparseSource(matrix, name=str(path))

@@ -1,0 +1,65 @@
+"""What the compiler accepts as a mask, turned into a :class:`~maskc.sources.MaskSource`.
+
+:func:`open_mask` takes a path (a dense ``.npy``, a ``scipy.sparse`` ``.npz``, a ``.json`` mask
+spec), a spec dict, an array, a tensor, a sparse matrix or a MaskSource. It sits above the sources,
+the library and the spec reader, so none of them needs to know about the others' inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maskc.errors import MaskError
+from maskc.sources import ArraySource, MaskSource, SparseSource
+from maskc.spec import from_spec, load_spec
+
+
+def open_mask(mask: Any) -> MaskSource:
+    """Turn a path (``.npy``, ``.npz``, ``.json`` spec), a spec dict, an array, a tensor or a
+    MaskSource into a MaskSource."""
+    if isinstance(mask, MaskSource):
+        return mask
+    if isinstance(mask, dict):
+        return from_spec(mask)
+    if isinstance(mask, (str, os.PathLike)):
+        return _open_path(Path(mask))
+    if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):
+        return SparseSource(mask)
+    if hasattr(mask, "detach"):  # a torch tensor; the compiler never imports torch itself
+        mask = mask.detach().cpu().numpy()
+    array = np.asarray(mask)
+    return ArraySource(array, name=f"array{list(array.shape)}")
+
+
+def _open_path(path: Path) -> MaskSource:
+    if not path.exists():
+        raise MaskError(f"mask file not found: {path}")
+    if path.is_dir():
+        raise MaskError(f"mask path is a directory, not a file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise MaskError(f"{path}: not a readable .npy array ({e})") from None
+        return ArraySource(array, name=str(path))
+    if suffix == ".npz":
+        return _open_npz(path)
+    if suffix == ".json":
+        return load_spec(path)
+    raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense), .npz (scipy.sparse) or .json (a mask spec)")
+
+
+def _open_npz(path: Path) -> MaskSource:
+    import scipy.sparse as sp
+
+    try:
+        matrix = sp.load_npz(path)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise MaskError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz ({e})") from None
+    return SparseSource(matrix, name=str(path))
