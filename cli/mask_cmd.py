@@ -28,7 +28,7 @@ import numpy as np
 from maskc import library
 from maskc.cli.errors import UserError
 from maskc.errors import MaskError
-from maskc.kinds import Flag, Ints, Kind, Param, Sources
+from maskc.kinds import MAX_PARTS, Flag, Ints, Kind, Param, Sources
 from maskc.sources import MaskSource
 
 BLOCK_BYTES = 32 << 20  # rows written per step: about this many mask bytes
@@ -252,7 +252,7 @@ def _write_npy(source: MaskSource, path: Path) -> int:
 @click.argument("kind", type=_KindName(), metavar="KIND")
 @click.option("--globals", type=int, help=f"{_kinds_with('global_tokens')}: make the first N tokens global (instead of --global-tokens).")
 @click.option("--tree-nodes", type=int, help=f"{_kinds_with('parents')}: generate a candidate tree of this many nodes, seeded by --seed (instead of --parents).")
-@click.option("--heads", type=click.IntRange(min=1), default=1, show_default=True, help="Repeat the mask on this many heads ([H, N, N] file).")
+@click.option("--heads", type=click.IntRange(1, MAX_PARTS), default=1, show_default=True, help="Repeat the mask on this many heads ([H, N, N] file).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .npy file to write.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.pass_context

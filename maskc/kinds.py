@@ -13,6 +13,12 @@ types (:mod:`maskc.spec`), and the options, help and examples of ``maskc mask KI
 (:mod:`maskc.cli.mask_cmd`). A parameter's default is its function's. Kind names are canonical
 with underscores, as the functions and the masks' names spell them (``sliding_window``); a dash
 (``sliding-window``) is accepted wherever a kind is named.
+
+**Limits.** Every size of a library mask (a length, a window, a count of tokens, the sum of
+document lengths) is at most :data:`MAX_TOKENS` = 2^20 tokens: the longest side an interval plan can
+list in 128×128 tiles (``MAX_TILES_PER_SLICE``), four times the 262144-token masks of the long-context
+examples. A list parameter holds at most that many entries. Seeds are integers in ``[0, 2^63)``.
+A stack, union or intersection combines at most :data:`MAX_PARTS` masks.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +36,17 @@ import numpy as np
 from maskc.errors import MaskError
 from maskc.sources import MaskSource
 
+MAX_TOKENS = 1 << 20
+MAX_PARTS = 1024  # masks in one stack, union or intersection
+MAX_SEED = (1 << 63) - 1
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def too_long(kind: str, what: str, tokens: int) -> None:
+    """Refuse a mask whose ``what`` (a size computed from several parameters) exceeds MAX_TOKENS."""
+    if tokens > MAX_TOKENS:
+        raise MaskError(f"{kind}: {what} is {tokens} tokens; a library mask has at most {MAX_TOKENS} (maskc.kinds.MAX_TOKENS)")
 
 
 # --- parameters ----------------------------------------------------------------------------------
@@ -64,13 +81,13 @@ def _is_int(value: Any) -> bool:
 
 
 class Int(Param):
-    """An integer ``>= minimum``."""
+    """An integer in ``[minimum, maximum]``."""
 
     json_type = "an integer"
 
-    def __init__(self, name: str, help: str, example: Any, minimum: int):
+    def __init__(self, name: str, help: str, example: Any, minimum: int, maximum: int, limit: str):
         super().__init__(name, help, example)
-        self.minimum = minimum
+        self.minimum, self.maximum, self.limit = minimum, maximum, limit
 
     def is_json(self, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -81,21 +98,25 @@ class Int(Param):
         if value < self.minimum:
             what = "positive" if self.minimum == 1 else f">= {self.minimum}"
             raise MaskError(f"{kind}: {self.name} must be {what}, got {value}")
+        if value > self.maximum:
+            bits = int(value).bit_length()  # a huge int would not print (Python's digit limit)
+            shown = value if bits <= 128 else f"an integer of {bits} bits"
+            raise MaskError(f"{kind}: {self.name} must be at most {self.maximum} ({self.limit}), got {shown}")
         return int(value)
 
 
 class Size(Int):
-    """A number of tokens (or of things counted in tokens)."""
+    """A number of tokens (or of things counted in tokens): at most MAX_TOKENS."""
 
     def __init__(self, name: str, help: str, example: Any = None, minimum: int = 1):
-        super().__init__(name, help, example, minimum)
+        super().__init__(name, help, example, minimum, MAX_TOKENS, "maskc.kinds.MAX_TOKENS")
 
 
 class Seed(Int):
-    """A random seed: any integer ``>= 0``."""
+    """A random seed: any integer in ``[0, 2^63)``."""
 
     def __init__(self, name: str = "seed", help: str = "random seed", example: Any = 0):
-        super().__init__(name, help, example, 0)
+        super().__init__(name, help, example, 0, MAX_SEED, "maskc.kinds.MAX_SEED")
 
 
 class Flag(Param):
@@ -133,7 +154,7 @@ class Choice(Param):
 
 
 class Ints(Param):
-    """A list of integers, as an int64 array; subclasses check the entries."""
+    """A list of integers (at most MAX_TOKENS of them), as an int64 array; subclasses check the entries."""
 
     json_type = "a list of integers"
     may_be_empty = False
@@ -142,11 +163,17 @@ class Ints(Param):
         return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
     def check(self, value: Any, kind: str) -> np.ndarray:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise MaskError(f"{kind}: {self.name} must be a list of integers, got {reprlib.repr(value)}")
+        if len(value) > MAX_TOKENS:
+            raise MaskError(f"{kind}: {self.name} holds {len(value)} entries; at most {MAX_TOKENS} (maskc.kinds.MAX_TOKENS)")
         array = np.asarray(value)
         if array.ndim != 1 or (array.size == 0 and not self.may_be_empty):
-            raise MaskError(f"{kind}: {self.name} must be a non-empty list of integers, got {value!r}")
+            raise MaskError(f"{kind}: {self.name} must be a non-empty list of integers, got {reprlib.repr(value)}")
         if array.size and array.dtype.kind not in "iu":
             raise MaskError(f"{kind}: {self.name} must hold integers only, got dtype {array.dtype}")
+        if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+            raise MaskError(f"{kind}: {self.name} holds {array.max()}, beyond the int64 range")
         array = array.astype(np.int64)
         self.check_entries(array, kind)
         return array
@@ -156,13 +183,18 @@ class Ints(Param):
 
 
 class Lengths(Ints):
-    """Lengths of consecutive segments: positive."""
+    """Lengths of consecutive segments: positive, summing to at most MAX_TOKENS."""
 
     def check_entries(self, array: np.ndarray, kind: str) -> None:
         bad = np.flatnonzero(array <= 0)
         if bad.size:
             i = int(bad[0])
             raise MaskError(f"{kind}: {self.name}[{i}] = {array[i]}; every length must be positive")
+        long = np.flatnonzero(array > MAX_TOKENS)
+        if long.size:
+            i = int(long[0])
+            too_long(kind, f"{self.name}[{i}]", int(array[i]))
+        too_long(kind, f"the sum of {self.name}", int(array.sum()))
 
 
 class Tokens(Ints):
@@ -183,8 +215,8 @@ class Parents(Ints):
 
 
 class Sources(Param):
-    """Mask sources to combine: at least ``minimum`` (1 or 2) of them (in a spec, nested specs under
-    ``of``)."""
+    """Mask sources to combine: at least ``minimum`` (1 or 2) of them, at most MAX_PARTS (in a spec,
+    nested specs under ``of``)."""
 
     json_type = "a non-empty list of specs"
 
@@ -197,6 +229,8 @@ class Sources(Param):
 
     def check(self, value: Any, kind: str) -> list[MaskSource]:
         sources = list(value)
+        if len(sources) > MAX_PARTS:
+            raise MaskError(f"{kind}: {self.name} holds {len(sources)} masks; at most {MAX_PARTS} (maskc.kinds.MAX_PARTS)")
         if len(sources) < self.minimum:
             least = "one mask source" if self.minimum == 1 else "two mask sources"  # the minimums the kinds have
             raise MaskError(f"{kind}: give at least {least}, got {len(sources)}")

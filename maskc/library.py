@@ -29,7 +29,7 @@ from maskc.formulas import (
     SlidingWindow,
     TokenTree,
 )
-from maskc.kinds import Choice, Flag, Lengths, Parents, Registry, Seed, Size, Sources, Tokens, checked
+from maskc.kinds import MAX_TOKENS, Choice, Flag, Lengths, Parents, Registry, Seed, Size, Sources, Tokens, checked, too_long
 from maskc.sources import MaskSource
 
 KINDS = Registry()
@@ -101,6 +101,11 @@ def longformer(n: int, window: int, global_tokens: Sequence[int] = (), causal: b
     return Longformer(name, n, window, is_global, causal)
 
 
+MAX_RANDOM_TABLE_BLOCKS = 1 << 16
+"""BigBird draws its random table in a Python loop over the key blocks (numpy's draw without
+replacement, kept so that a seed always gives the same mask): at most this many blocks."""
+
+
 @KINDS.kind(
     N,
     WINDOW,
@@ -121,6 +126,9 @@ def bigbird(
     rows, ``random_blocks`` distinct key blocks drawn at random (seeded, so deterministic)."""
     is_global = _global_flags(n, global_tokens, "bigbird")
     blocks = -(-n // block)
+    if blocks > MAX_RANDOM_TABLE_BLOCKS:
+        raise MaskError(f"bigbird: n / block gives {blocks} key blocks; at most {MAX_RANDOM_TABLE_BLOCKS} "
+                        f"(maskc.library.MAX_RANDOM_TABLE_BLOCKS): raise the block size")
     if random_blocks > blocks:
         raise MaskError(f"bigbird: random_blocks ({random_blocks}) exceeds the {blocks} key blocks of {block} tokens; lower it or the block size")
     rng = np.random.default_rng(seed)
@@ -135,6 +143,7 @@ def shared_question(question: int, answers: Sequence[int]) -> MaskSource:
     answers of lengths ``answers``; each answer sees the whole question and itself causally, never
     another answer, so one forward pass scores every answer against one copy of the question."""
     lengths = np.concatenate([[question], answers])
+    too_long("shared_question", "question + the sum of answers", int(lengths.sum()))
     name = f"shared_question(question={question}, answers={answers.size}, n={int(lengths.sum())})"
     return Segments(name, lengths, causal=True, shared=question)
 
@@ -154,6 +163,7 @@ def medusa(prompt: int, parents: Sequence[int]) -> MaskSource:
     """Medusa-style verification: a causal prompt of ``prompt`` tokens, then a candidate tree
     (``parents`` relative to the tree, -1 = hangs off the last prompt token). A tree node sees the
     whole prompt plus its ancestors in the tree and itself."""
+    too_long("medusa", "prompt + the tree's nodes", prompt + parents.size)
     chain = np.arange(-1, prompt - 1, dtype=np.int64)
     combined = np.concatenate([chain, np.where(parents < 0, prompt - 1, parents + prompt)])
     return TokenTree(f"medusa(prompt={prompt}, nodes={parents.size})", combined)
@@ -212,7 +222,14 @@ def candidate_tree(n_nodes: int, depth: int = 4, top_k: int = 10, seed: int = 0)
     probability, which gives wide first levels and thinner deeper ones. Nodes come in order of
     selection, so a parent always precedes its children.
     """
-    capacity = sum(top_k**d for d in range(1, depth + 1))
+    if depth * top_k > MAX_TOKENS:
+        raise MaskError(f"candidate_tree: depth × top_k is {depth * top_k} acceptance probabilities; at most {MAX_TOKENS} (maskc.kinds.MAX_TOKENS)")
+    capacity, level = 0, 1
+    for _ in range(depth):  # stops once the tree holds n_nodes: top_k ** depth may be astronomically large
+        level *= top_k
+        capacity += level
+        if capacity >= n_nodes:
+            break
     if n_nodes > capacity:
         raise MaskError(f"candidate_tree: n_nodes ({n_nodes}) exceeds the {capacity} nodes of a depth-{depth}, top-{top_k} tree")
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from maskc import library
 from maskc.cli.mask_cmd import CLI_KINDS, mask
 from maskc.errors import MaskError
-from maskc.kinds import Flag, Ints, Registry, Size
+from maskc.kinds import MAX_PARTS, MAX_TOKENS, Flag, Ints, Registry, Size
 from maskc.sources import MaskSource
 
 
@@ -81,3 +82,50 @@ def test_imports_point_one_way(module, absent):
     code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
+
+
+# --- limits: sizes are checked before anything is built ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: library.causal(10**9), r"^causal: n must be at most 1048576 \(maskc.kinds.MAX_TOKENS\), got 1000000000$"),
+        (lambda: library.causal(np.uint64(2**64 - 1)), r"^causal: n must be at most 1048576 .*, got 18446744073709551615$"),
+        (lambda: library.full(8, kv_len=MAX_TOKENS + 1), r"^full: kv_len must be at most 1048576"),
+        (lambda: library.sliding_window(10**30, 4), r"^sliding_window: n must be at most 1048576 .*, got 10{30}$"),
+        (lambda: library.prefix_lm(10**5000, 1), r"^prefix_lm: n must be at most 1048576 .*, got an integer of 16610 bits$"),
+        (lambda: library.hash_buckets(64, 4, seed=2**63), r"^hash_buckets: seed must be at most 9223372036854775807 \(maskc.kinds.MAX_SEED\)"),
+        (lambda: library.bigbird(10**7, 4, block=1), r"^bigbird: n must be at most 1048576"),
+        (lambda: library.bigbird(MAX_TOKENS, 4, block=1), r"^bigbird: n / block gives 1048576 key blocks; at most 65536 .*raise the block size"),
+        (lambda: library.documents([MAX_TOKENS, 1]), r"^documents: the sum of lengths is 1048577 tokens; a library mask has at most 1048576"),
+        (lambda: library.documents([2**40, 2**40]), r"^documents: lengths\[0\] is 1099511627776 tokens"),
+        (lambda: library.documents(np.array([2**64 - 1], dtype=np.uint64)), r"^documents: lengths holds 18446744073709551615, beyond the int64 range"),
+        (lambda: library.token_tree(range(-1, MAX_TOKENS)), r"^token_tree: parents holds 1048577 entries; at most 1048576"),
+        (lambda: library.longformer(8, 2, range(MAX_TOKENS + 1)), r"^longformer: global_tokens holds 1048577 entries"),
+        (lambda: library.shared_question(MAX_TOKENS, [1]), r"^shared_question: question \+ the sum of answers is 1048577 tokens"),
+        (lambda: library.medusa(MAX_TOKENS, [-1]), r"^medusa: prompt \+ the tree's nodes is 1048577 tokens"),
+        (lambda: library.candidate_tree(64, depth=10**6, top_k=10), r"^candidate_tree: depth × top_k is 10000000 acceptance probabilities"),
+        (lambda: library.stack([library.causal(4)] * (MAX_PARTS + 1)), r"^stack: sources holds 1025 masks; at most 1024 \(maskc.kinds.MAX_PARTS\)"),
+        (lambda: library.union(*[library.causal(4)] * (MAX_PARTS + 1)), r"^union: sources holds 1025 masks"),
+    ],
+)
+def test_sizes_over_the_limits_are_refused_before_anything_is_built(make, message):
+    tracemalloc.start()
+    with pytest.raises(MaskError, match=message):
+        make()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20  # no O(n) table of the refused size, no random table drawn
+
+
+def test_sizes_at_the_limits_still_build():
+    assert library.causal(MAX_TOKENS).shape == (1, 1, MAX_TOKENS, MAX_TOKENS)
+    assert library.documents([MAX_TOKENS // 2] * 2).q_len == MAX_TOKENS
+    assert library.bigbird(MAX_TOKENS, 4, random_blocks=1, block=16).table.shape == (65536, 1)
+    assert library.candidate_tree(8, depth=100_000, top_k=2).size == 8  # the capacity sum stops early
+
+
+def test_cli_heads_are_bounded_like_a_stack(tmp_path):
+    result = CliRunner().invoke(mask, ["causal", "-n", "4", "--heads", str(MAX_PARTS + 1), "-o", str(tmp_path / "m.npy")])
+    assert result.exit_code == 2 and "--heads" in result.output and not list(tmp_path.iterdir())
