@@ -15,7 +15,6 @@ same directory and renamed into place only once complete.
 from __future__ import annotations
 
 import inspect
-import json
 import mmap
 import os
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from maskc.cli.errors import UserError
 from maskc.errors import MaskError
 from maskc.kinds import MAX_PARTS, Flag, Ints, Kind, Param, Sources
 from maskc.sources import MaskSource
+from maskc.spec import read_json
 
 BLOCK_BYTES = 32 << 20  # rows written per step: about this many mask bytes
 
@@ -101,16 +101,16 @@ def _parents(o: _Options, param: Param, args: dict[str, Any]) -> Any:
         raise UserError(f"{o.kind.name} needs exactly one of --parents (e.g. --parents={example}) or --tree-nodes (e.g. --tree-nodes 64)")
     if nodes is not None:
         return library.candidate_tree(nodes, **o.given("seed"))
-    if text.lower().endswith((".npy", ".json")):
-        return _read_parents(Path(text))
+    if text.lower().endswith(".npy"):
+        return _read_npy_parents(Path(text))
+    if text.lower().endswith(".json"):
+        return read_json(Path(text), "the --parents file")
     return o.ints(param, text)
 
 
-def _read_parents(path: Path) -> Any:
+def _read_npy_parents(path: Path) -> np.ndarray:
     try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        return json.loads(path.read_text())
+        return np.load(path, allow_pickle=False)
     except OSError as e:
         raise UserError(f"cannot read the --parents file {path}: {e.strerror or e}") from None
     except ValueError as e:

@@ -385,7 +385,7 @@ def test_cli_heads_quiet_and_parents_files(tmp_path):
         (["token-tree"], "token_tree needs exactly one of --parents"),
         (["token-tree", "--parents", "-1,0,3"], "token_tree: parents[2] = 3"),
         (["token-tree", "--parents", "-1,0", "--seed", "3"], "--seed does not apply to token_tree"),
-        (["medusa", "--prompt", "4", "--parents", "missing.json"], "cannot read the --parents file missing.json"),
+        (["medusa", "--prompt", "4", "--parents", "missing.json"], "missing.json: cannot read the --parents file"),
         (["causal", "-n", "4", "-o", "mask.bin"], "--output must be a .npy file"),
         (["causal", "-n", "4", "-o", "no/such/dir/m.npy"], "cannot write no/such/dir/m.npy"),
     ],

@@ -14,7 +14,8 @@ import maskc
 from maskc import library
 from maskc.cli.main import cli
 from maskc.errors import MaskError
-from maskc.spec import from_spec, load_spec
+from maskc.kinds import MAX_PARTS
+from maskc.spec import MAX_SPEC_DEPTH, MAX_SPEC_TOKENS, from_spec, load_spec
 
 EXAMPLES = [
     ({"kind": "causal", "n": 50}, library.causal(50)),
@@ -106,6 +107,68 @@ def test_spec_files(tmp_path):
         maskc.open_mask(tmp_path / "missing.json")
 
 
+# --- hostile specs: the work a spec causes is bounded before it is done ----------------------------
+
+
+def nested_union(depth: int) -> dict:
+    """A spec whose kinds nest ``depth`` deep: union(union(... causal ..., causal), causal)."""
+    spec = {"kind": "causal", "n": 4}
+    for _ in range(depth - 1):
+        spec = {"kind": "union", "of": [spec, {"kind": "causal", "n": 4}]}
+    return spec
+
+
+def test_spec_nesting_stops_at_the_depth_limit(tmp_path):
+    assert from_spec(nested_union(MAX_SPEC_DEPTH)).shape == (1, 1, 4, 4)
+    with pytest.raises(MaskError, match=r"^spec(\.of\[0\]){15}\.of: kinds nest at most 16 deep in a spec \(maskc.spec.MAX_SPEC_DEPTH\)$"):
+        from_spec(nested_union(MAX_SPEC_DEPTH + 1))
+    with pytest.raises(MaskError, match="kinds nest at most 16 deep"):
+        from_spec(nested_union(100_000))  # was a RecursionError
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(MaskError, match=r"deep.json: JSON nested too deeply to read"):
+        load_spec(path)
+
+
+def test_spec_parts_and_tokens_are_bounded():
+    many = {"kind": "stack", "of": [{"kind": "causal", "n": 1}] * MAX_PARTS}
+    with pytest.raises(MaskError, match=r"^spec.of\[1023\]: a spec holds at most 1024 kinds \(maskc.kinds.MAX_PARTS\)$"):
+        from_spec(many)
+    heads = MAX_SPEC_TOKENS // 262144
+    assert from_spec({"kind": "stack", "of": [{"kind": "causal", "n": 262144}] * heads}).shape == (1, heads, 262144, 262144)
+    with pytest.raises(MaskError, match=r"^spec.of\[128\]: the masks of this spec span more than 33554432 tokens in all"):
+        from_spec({"kind": "stack", "of": [{"kind": "causal", "n": 262144}] * (heads + 1)})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"kind": "causal", "n": 4, "n": 5}', r"s.json: the key 'n' appears twice in one object; give each key once"),
+        ('{"kind": "union", "of": [{"kind": "causal", "kind": "full", "n": 4}]}', r"the key 'kind' appears twice"),
+        ('{"kind": "causal", "n": ' + "9" * 5000 + "}", r"s.json: an integer of 5000 digits; at most 19 \(maskc.spec.MAX_INT_DIGITS\)"),
+        ('{"kind": "causal", "n": 99999999999999999999}', r"an integer of 20 digits"),
+        ('{"kind": "causal", "n": 1e400}', r"s.json.n must be an integer, got a number Infinity"),
+    ],
+)
+def test_hostile_json_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    with pytest.raises(MaskError, match=message):
+        load_spec(path)
+
+
+def test_spec_files_are_read_within_a_bound(tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    path.write_text('{"kind": "causal", "n": 4}' + " " * 100)
+    monkeypatch.setattr("maskc.spec.MAX_SPEC_BYTES", 64)
+    with pytest.raises(MaskError, match=r"s.json: the spec is larger than 64 bytes \(maskc.spec.MAX_SPEC_BYTES\)"):
+        load_spec(path)
+    path.write_bytes(b'{"kind": "caus\xffal"}')
+    monkeypatch.setattr("maskc.spec.MAX_SPEC_BYTES", 1 << 20)
+    with pytest.raises(MaskError, match=r"s.json: the spec is not UTF-8 text \(byte 14\)"):
+        load_spec(path)
+
+
 # --- the CLI ---------------------------------------------------------------------------------------
 
 
@@ -153,6 +216,8 @@ def test_cli_compiles_a_spec_and_exports_flashmask(runner, tmp_path):
     [
         (lambda t: (t / "s.json").write_text('{"kind": "documents", "lengths": [3, 0]}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "lengths[1] = 0"),
         (lambda t: (t / "s.json").write_text("{"), ["compile", "{t}/s.json", "-o", "{t}/p"], "not valid JSON"),
+        (lambda t: (t / "s.json").write_text('{"kind": "causal", "n": 4, "n": 4}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "appears twice"),
+        (lambda t: (t / "s.json").write_text('{"kind": "causal", "n": 1000000000}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "n must be at most 1048576"),
         (lambda t: (t / "s.json").write_text('{"kind": "hash_buckets", "n": 64, "buckets": 4}'),
          ["compile", "{t}/s.json", "-o", "{t}/p", "--variant", "intervals"], "does not fit the interval form"),
         (lambda t: np.save(t / "f.npy", np.zeros((1, 1, 8, 3), dtype=np.int32)), ["compile", "{t}/f.npy", "--flashmask", "causal", "-o", "{t}/p"], "1|2|4"),
