@@ -28,6 +28,7 @@ from maskc import library
 from maskc.cli.errors import UserError
 from maskc.errors import MaskError
 from maskc.kinds import MAX_PARTS, Flag, Ints, Kind, Param, Sources
+from maskc.npy import open_npy
 from maskc.sources import MaskSource
 from maskc.spec import read_json
 
@@ -102,19 +103,10 @@ def _parents(o: _Options, param: Param, args: dict[str, Any]) -> Any:
     if nodes is not None:
         return library.candidate_tree(nodes, **o.given("seed"))
     if text.lower().endswith(".npy"):
-        return _read_npy_parents(Path(text))
+        return open_npy(text)  # memory-mapped: the library bounds its length before reading it
     if text.lower().endswith(".json"):
         return read_json(Path(text), "the --parents file")
     return o.ints(param, text)
-
-
-def _read_npy_parents(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except OSError as e:
-        raise UserError(f"cannot read the --parents file {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise UserError(f"the --parents file {path} is not a parent array: {e}") from None
 
 
 class Shorthand(NamedTuple):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from maskc.errors import MaskError
+from maskc.npy import open_npy
 from maskc.sources import ArraySource, MaskSource, SparseSource
 from maskc.spec import from_spec, load_spec
 
@@ -43,11 +44,7 @@ def _open_path(path: Path) -> MaskSource:
         raise MaskError(f"mask path is a directory, not a file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise MaskError(f"{path}: not a readable .npy array ({e})") from None
-        return ArraySource(array, name=str(path))
+        return ArraySource(open_npy(path), name=str(path))
     if suffix == ".npz":
         return _open_npz(path)
     if suffix == ".json":

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan, bitmap_bits, mask_rows
-from maskc.runtime.format import visible_rows
+from maskc.runtime.format import MAX_DIM, Plan, bitmap_bits, mask_rows, visible_rows
 
 Shape4 = tuple[int, int, int, int]
 
@@ -91,8 +90,8 @@ def as_shape4(shape: tuple[int, ...], where: str) -> Shape4:
     """Normalise a mask shape ``[Nq, Nk]``, ``[H, Nq, Nk]`` or ``[B, H, Nq, Nk]`` to four dimensions."""
     if len(shape) not in (2, 3, 4):
         raise MaskError(f"{where}: a mask must have 2, 3 or 4 dimensions ([Nq, Nk], [H, Nq, Nk] or [B, H, Nq, Nk]), got shape {list(shape)}")
-    if any(d <= 0 for d in shape):
-        raise MaskError(f"{where}: every mask dimension must be positive, got shape {list(shape)}")
+    if any(d <= 0 or d > MAX_DIM for d in shape):
+        raise MaskError(f"{where}: every mask dimension must be positive and at most {MAX_DIM}, got shape {list(shape)}")
     return tuple([1] * (4 - len(shape)) + [int(d) for d in shape])  # type: ignore[return-value]
 
 
