@@ -8,7 +8,6 @@ the library and the spec reader, so none of them needs to know about the others'
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import numpy as np
 
 from maskc.errors import MaskError
 from maskc.npy import open_npy
-from maskc.sources import ArraySource, MaskSource, SparseSource
+from maskc.sources import ArraySource, MaskSource
+from maskc.sparse import SparseSource, load_npz
 from maskc.spec import from_spec, load_spec
 
 
@@ -25,12 +25,12 @@ def open_mask(mask: Any) -> MaskSource:
     MaskSource into a MaskSource."""
     if isinstance(mask, MaskSource):
         return mask
+    if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):  # before dicts: a dok matrix is one
+        return SparseSource(mask)
     if isinstance(mask, dict):
         return from_spec(mask)
     if isinstance(mask, (str, os.PathLike)):
         return _open_path(Path(mask))
-    if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):
-        return SparseSource(mask)
     if hasattr(mask, "detach"):  # a torch tensor; the compiler never imports torch itself
         mask = mask.detach().cpu().numpy()
     array = np.asarray(mask)
@@ -46,17 +46,7 @@ def _open_path(path: Path) -> MaskSource:
     if suffix == ".npy":
         return ArraySource(open_npy(path), name=str(path))
     if suffix == ".npz":
-        return _open_npz(path)
+        return load_npz(path)
     if suffix == ".json":
         return load_spec(path)
     raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense), .npz (scipy.sparse) or .json (a mask spec)")
-
-
-def _open_npz(path: Path) -> MaskSource:
-    import scipy.sparse as sp
-
-    try:
-        matrix = sp.load_npz(path)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise MaskError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz ({e})") from None
-    return SparseSource(matrix, name=str(path))

@@ -17,6 +17,7 @@ import numpy as np
 from maskc.errors import MaskError
 
 MAGIC = b"\x93NUMPY"
+_CHUNK = 1 << 24
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -48,3 +49,16 @@ def open_npy(path: str | os.PathLike) -> np.ndarray:
         raise
     except (ValueError, OSError, EOFError) as e:
         raise MaskError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def read_data(fp: IO[bytes], shape: tuple[int, ...], fortran: bool, dtype: np.dtype, where: str) -> np.ndarray:
+    """The data after a checked header: exactly ``prod(shape)`` items, read only as far as the
+    stream holds them (a short stream is an error, not an allocation of the declared size)."""
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    data = bytearray()  # grows with what is read (and stays writable, as scipy wants its arrays)
+    while len(data) < size:
+        chunk = fp.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            raise MaskError(f"{where}: the .npy data ends after {len(data)} of its {size} bytes")
+        data += chunk
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")

@@ -11,7 +11,6 @@ gives (a path, a spec, an array) into a source.
 from __future__ import annotations
 
 import mmap
-from typing import Any
 
 import numpy as np
 
@@ -160,20 +159,3 @@ class PlanSource(MaskSource):
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
         check_rows(self, b, h, start, stop)
         return mask_rows(self.plan, b * self.heads + h, start, stop, self._bits)
-
-
-class SparseSource(MaskSource):
-    """A 2-D ``scipy.sparse`` matrix whose stored non-zeros are the visible pairs."""
-
-    def __init__(self, matrix: Any, name: str = "sparse"):
-        import scipy.sparse as sp
-
-        self.name = name
-        csr = sp.csr_array(matrix)
-        self.shape = as_shape4(csr.shape, name)
-        check_binary(csr.data, name)
-        csr.eliminate_zeros()
-        self._csr = csr
-
-    def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        return self._csr[start:stop].toarray().astype(bool)
