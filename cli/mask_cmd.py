@@ -153,21 +153,22 @@ def _kind_options() -> list[click.Option]:
 
 
 def _option(name: str, used: list[tuple[Kind, Param]]) -> click.Option:
+    """The option of parameter ``name``: its help says, per kind using it, what it means and its default."""
     param = used[0][1]
     groups: dict[str, list[str]] = {}
     for kind, p in used:
         default = kind.default(p)
         shown = "" if default in (inspect.Parameter.empty, None, ()) else f" (default {_text(p, default)})"
         groups.setdefault(p.help, []).append(kind.name + shown)
-    help = "; ".join(f"{', '.join(kinds)}: {text}" for text, kinds in groups.items()) + "."
+    described = "; ".join(f"{', '.join(kinds)}: {text}" for text, kinds in groups.items()) + "."
     flag = "--" + name.replace("_", "-")
     if isinstance(param, Flag):
-        return click.Option([f"{flag}/--{param.off}"], default=None, help=help)
+        return click.Option([f"{flag}/--{param.off}"], default=None, help=described)
     if name == "n":
-        return click.Option(["-n", flag], type=int, help=help[:-1] + "; for other kinds, checked against the length their options give.")
+        return click.Option(["-n", flag], type=int, help=described[:-1] + "; for other kinds, checked against the length their options give.")
     if isinstance(param, Ints):
-        return click.Option([flag], metavar=SHORTHANDS[name].metavar if name in SHORTHANDS else "I,J,...", help=help)
-    return click.Option([flag], type=int, help=help)
+        return click.Option([flag], metavar=SHORTHANDS[name].metavar if name in SHORTHANDS else "I,J,...", help=described)
+    return click.Option([flag], type=int, help=described)
 
 
 def _kinds_with(name: str) -> str:

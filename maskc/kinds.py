@@ -16,7 +16,7 @@ with underscores, as the functions and the masks' names spell them (``sliding_wi
 
 **Limits.** Every size of a library mask (a length, a window, a count of tokens, the sum of
 document lengths) is at most :data:`MAX_TOKENS` = 2^20 tokens: the longest side an interval plan can
-list in 128×128 tiles (``MAX_TILES_PER_SLICE``), four times the 262144-token masks of the long-context
+list in 128×128 tiles (``MAX_DERIVED_TILES``), four times the 262144-token masks of the long-context
 examples. A list parameter holds at most that many entries. Seeds are integers in ``[0, 2^63)``.
 A stack, union or intersection combines at most :data:`MAX_PARTS` masks.
 """
@@ -95,12 +95,12 @@ class Int(Param):
     def check(self, value: Any, kind: str) -> int:
         if not _is_int(value):
             raise MaskError(f"{kind}: {self.name} must be an integer, got {value!r}")
+        bits = int(value).bit_length()
+        shown = value if bits <= 128 else f"an integer of {bits} bits"  # a huge int would not print (Python's digit limit)
         if value < self.minimum:
             what = "positive" if self.minimum == 1 else f">= {self.minimum}"
-            raise MaskError(f"{kind}: {self.name} must be {what}, got {value}")
+            raise MaskError(f"{kind}: {self.name} must be {what}, got {shown}")
         if value > self.maximum:
-            bits = int(value).bit_length()  # a huge int would not print (Python's digit limit)
-            shown = value if bits <= 128 else f"an integer of {bits} bits"
             raise MaskError(f"{kind}: {self.name} must be at most {self.maximum} ({self.limit}), got {shown}")
         return int(value)
 
@@ -255,9 +255,8 @@ class Kind:
     signature: inspect.Signature
 
     def default(self, param: Param) -> Any:
-        """The parameter's default, or ``inspect.Parameter.empty`` when it has to be given."""
-        p = self.signature.parameters[param.name]
-        return () if p.kind is p.VAR_POSITIONAL else p.default
+        """The parameter's default, or ``inspect.Parameter.empty`` when it has none."""
+        return self.signature.parameters[param.name].default
 
     def required(self, param: Param) -> bool:
         p = self.signature.parameters[param.name]

@@ -149,5 +149,9 @@ def _json_type(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (bool, int, float, str, list, dict, type(None))) else repr(value)
+    """``value`` as JSON, cut to 40 characters (a value JSON cannot spell, such as a huge integer, by its type)."""
+    try:
+        text = json.dumps(value) if isinstance(value, (bool, int, float, str, list, dict, type(None))) else repr(value)
+    except (ValueError, TypeError, RecursionError):
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 40 else text[:37] + "..."

@@ -3,6 +3,7 @@ and ``maskc mask`` derive; and the one-way imports of the mask side."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tracemalloc
@@ -15,6 +16,7 @@ from maskc import library
 from maskc.cli.mask_cmd import CLI_KINDS, mask
 from maskc.errors import MaskError
 from maskc.kinds import MAX_PARTS, MAX_TOKENS, Flag, Ints, Registry, Size
+from maskc.runtime.format import MAX_DERIVED_TILES, TILE_SIZES
 from maskc.sources import MaskSource
 
 
@@ -95,6 +97,7 @@ def test_imports_point_one_way(module, absent):
         (lambda: library.full(8, kv_len=MAX_TOKENS + 1), r"^full: kv_len must be at most 1048576"),
         (lambda: library.sliding_window(10**30, 4), r"^sliding_window: n must be at most 1048576 .*, got 10{30}$"),
         (lambda: library.prefix_lm(10**5000, 1), r"^prefix_lm: n must be at most 1048576 .*, got an integer of 16610 bits$"),
+        (lambda: library.causal(-(10**5000)), r"^causal: n must be positive, got an integer of 16610 bits$"),
         (lambda: library.hash_buckets(64, 4, seed=2**63), r"^hash_buckets: seed must be at most 9223372036854775807 \(maskc.kinds.MAX_SEED\)"),
         (lambda: library.bigbird(10**7, 4, block=1), r"^bigbird: n must be at most 1048576"),
         (lambda: library.bigbird(MAX_TOKENS, 4, block=1), r"^bigbird: n / block gives 1048576 key blocks; at most 65536 .*raise the block size"),
@@ -117,6 +120,10 @@ def test_sizes_over_the_limits_are_refused_before_anything_is_built(make, messag
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20  # no O(n) table of the refused size, no random table drawn
+
+
+def test_the_longest_library_mask_is_the_longest_a_plan_can_list():
+    assert MAX_TOKENS == max(TILE_SIZES) * math.isqrt(MAX_DERIVED_TILES)
 
 
 def test_sizes_at_the_limits_still_build():

@@ -77,6 +77,7 @@ def test_kind_names_take_dashes_or_underscores(spelling):
         ({"kind": "causal", "n": True}, r"spec.n must be an integer, got a boolean true"),
         ({"kind": "causal", "n": 4.0}, r"spec.n must be an integer, got a number 4.0"),
         ({"kind": "causal", "n": 10**9}, r"^spec: causal: n must be at most 1048576 \(maskc.kinds.MAX_TOKENS\), got 1000000000$"),
+        ({"kind": "documents", "lengths": 10**5000}, r"^spec.lengths must be a list of integers, got an integer <int>$"),
         ({"kind": "sliding_window", "n": 4, "window": 2, "causal": 1}, r"spec.causal must be true or false, got an integer 1"),
         ({"kind": "documents", "lengths": [3, "x"]}, r"spec.lengths must be a list of integers"),
         ({"kind": "documents", "lengths": [3, -2]}, r"spec: documents: lengths\[1\] = -2; every length must be positive"),
