@@ -183,10 +183,12 @@ class _KindName(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Kind:
         if isinstance(value, Kind):
             return value
-        kind = CLI_KINDS.get(str(value).replace("-", "_"))
-        if kind is None:
+        name = str(value).replace("-", "_")
+        if name in library.KINDS and name not in CLI_KINDS:
+            self.fail(f"{name} combines other masks; write it as a JSON spec and compile that", param, ctx)
+        if name not in CLI_KINDS:
             self.fail(f"{value!r} is not a kind; one of {', '.join(CLI_KINDS)}", param, ctx)
-        return kind
+        return CLI_KINDS[name]
 
 
 def _file_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

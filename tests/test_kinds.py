@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from maskc import library
+from maskc.cli.main import cli
 from maskc.cli.mask_cmd import CLI_KINDS, mask
 from maskc.errors import MaskError
 from maskc.kinds import MAX_PARTS, MAX_TOKENS, Flag, Ints, Registry, Size
@@ -59,6 +60,12 @@ def test_the_cli_takes_kind_names_with_dashes_or_underscores(tmp_path, spelling)
     assert result.exit_code == 0, result.output
     assert "causal_blockwise(n=10, block=4)" in result.output
     assert np.array_equal(np.load(out), library.causal_blockwise(10, 4).to_dense()[0, 0])
+
+
+@pytest.mark.parametrize("args, fragment", [(["union"], "union combines other masks; write it as a JSON spec"), (["triangle"], "'triangle' is not a kind; one of causal")])
+def test_the_cli_refuses_other_kinds_in_one_line(tmp_path, args, fragment):
+    result = CliRunner().invoke(cli, ["mask", *args, "-o", str(tmp_path / "m.npy")])
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1 and fragment in result.output, result.output
 
 
 def test_cli_options_and_help_come_from_the_registry():
