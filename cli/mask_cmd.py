@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import mmap
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ from maskc.cli.errors import UserError
 from maskc.errors import MaskError
 from maskc.kinds import MAX_PARTS, Flag, Ints, Kind, Param, Sources
 from maskc.npy import open_npy
+from maskc.runtime.format import atomic_path
 from maskc.sources import MaskSource
 from maskc.spec import read_json
 
@@ -217,21 +217,16 @@ class _PagedWriter:
 
 def _write_npy(source: MaskSource, path: Path) -> int:
     """Write ``source`` densely to ``path`` atomically; return its number of visible pairs."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=bool, shape=_file_shape(source.shape))
-        writer = _PagedWriter(out, source.shape)
-        source.write_into(writer, max(1, BLOCK_BYTES // source.kv_len))
-        out.flush()
-        visible = writer.visible
-        del out, writer
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=bool, shape=_file_shape(source.shape))
+            writer = _PagedWriter(out, source.shape)
+            source.write_into(writer, max(1, BLOCK_BYTES // source.kv_len))
+            out.flush()
+            visible = writer.visible
+            del out, writer
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return visible
 
 

@@ -15,9 +15,9 @@ with underscores, as the functions and the masks' names spell them (``sliding_wi
 (``sliding-window``) is accepted wherever a kind is named.
 
 **Limits.** Every size of a library mask (a length, a window, a count of tokens, the sum of
-document lengths) is at most :data:`MAX_TOKENS` = 2^20 tokens: the longest side an interval plan can
-list in 128×128 tiles (``MAX_DERIVED_TILES``), four times the 262144-token masks of the long-context
-examples. A list parameter holds at most that many entries. Seeds are integers in ``[0, 2^63)``.
+document lengths) is at most :data:`MAX_TOKENS` = 2^20 tokens: the longest side whose tiles a plan
+may list (``MAX_DERIVED_TILES``) in the largest tiles, four times the 262144-token masks of the
+long-context examples. A list parameter holds at most that many entries. Seeds are integers in ``[0, 2^63)``.
 A stack, union or intersection combines at most :data:`MAX_PARTS` masks.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,9 +35,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from maskc.errors import MaskError
+from maskc.runtime.format import MAX_DERIVED_TILES, TILE_SIZES
 from maskc.sources import MaskSource
 
-MAX_TOKENS = 1 << 20
+MAX_TOKENS = max(TILE_SIZES) * math.isqrt(MAX_DERIVED_TILES)
 MAX_PARTS = 1024  # masks in one stack, union or intersection
 MAX_SEED = (1 << 63) - 1
 
