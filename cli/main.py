@@ -89,7 +89,7 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
     from maskc.compiler import compile as compile_mask
     from maskc.compiler import parse_block_option
     from maskc.cost import Workload
-    from maskc.sources import open_mask
+    from maskc.inputs import open_mask
 
     if flashmask is not None:
         from maskc.flashmask import load_startend_row_indices

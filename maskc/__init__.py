@@ -10,7 +10,7 @@ _LAZY = {
     "compile": ("maskc.compiler", "compile"),
     "compile_cached": ("maskc.cache", "compile_cached"),
     "PlanCache": ("maskc.cache", "PlanCache"),
-    "open_mask": ("maskc.sources", "open_mask"),
+    "open_mask": ("maskc.inputs", "open_mask"),
     "MaskSource": ("maskc.sources", "MaskSource"),
     "MaskError": ("maskc.errors", "MaskError"),
     "PlanError": ("maskc.runtime.format", "PlanError"),

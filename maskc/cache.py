@@ -20,8 +20,8 @@ from typing import Any
 
 from maskc import cost
 from maskc.compiler import AUTO, BACKWARDS, COMPILER_REVISION, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
+from maskc.inputs import open_mask
 from maskc.runtime.format import VERSION, Plan, PlanError, load
-from maskc.sources import open_mask
 
 SUFFIX = ".plan"
 

@@ -31,13 +31,14 @@ import numpy as np
 
 from maskc import cost
 from maskc.errors import MaskError
+from maskc.inputs import open_mask
 from maskc.intervals import RunTracker, canonical, intervals_sha256
 from maskc.pieces import MAX_PIECES, find_pieces
 from maskc.runtime.format import (
     DENSE_VARIANTS, INTERVAL_TILE, LTE, LTS, MAX_DERIVED_TILES, TILE_SIZES, UTE, UTS, Plan, dense_intervals, list_traits, masked_pairs,
     tile_classes, tile_lists,
 )
-from maskc.sources import MaskSource, open_mask
+from maskc.sources import MaskSource
 
 Progress = Callable[[int, int], None]
 AUTO = "auto"

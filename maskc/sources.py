@@ -4,23 +4,18 @@ The compiler never asks for the whole mask. A dense ``.npy`` is memory-mapped an
 block, a sparse ``.npz`` is sliced by rows without densifying, and the built-in library computes its
 rows from a formula, so a mask larger than memory still compiles. Structured sources also give
 their column intervals directly (:meth:`MaskSource.intervals`), in O(kv_len), so a long-context
-mask compiles without ever producing its rows. A JSON spec (``.json`` path or a dict) names a
-library mask by its parameters (:mod:`maskc.spec`).
+mask compiles without ever producing its rows. :func:`maskc.inputs.open_mask` turns what a user
+gives (a path, a spec, an array) into a source.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
-import zipfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan, bitmap_bits, mask_rows
-from maskc.runtime.format import visible_rows
+from maskc.runtime.format import MAX_DIM, Plan, bitmap_bits, mask_rows, visible_rows
 
 Shape4 = tuple[int, int, int, int]
 
@@ -84,12 +79,18 @@ class MaskSource:
         return f"{type(self).__name__}({self.name}, shape={list(self.shape)})"
 
 
+def check_rows(source: MaskSource, b: int, h: int, start: int, stop: int) -> None:
+    """Refuse a slice or row window outside the source's shape, rather than return wrong rows."""
+    if not (0 <= b < source.batch and 0 <= h < source.heads and 0 <= start <= stop <= source.q_len):
+        raise MaskError(f"{source.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(source.shape)}")
+
+
 def as_shape4(shape: tuple[int, ...], where: str) -> Shape4:
     """Normalise a mask shape ``[Nq, Nk]``, ``[H, Nq, Nk]`` or ``[B, H, Nq, Nk]`` to four dimensions."""
     if len(shape) not in (2, 3, 4):
         raise MaskError(f"{where}: a mask must have 2, 3 or 4 dimensions ([Nq, Nk], [H, Nq, Nk] or [B, H, Nq, Nk]), got shape {list(shape)}")
-    if any(d <= 0 for d in shape):
-        raise MaskError(f"{where}: every mask dimension must be positive, got shape {list(shape)}")
+    if any(d <= 0 or d > MAX_DIM for d in shape):
+        raise MaskError(f"{where}: every mask dimension must be positive and at most {MAX_DIM}, got shape {list(shape)}")
     return tuple([1] * (4 - len(shape)) + [int(d) for d in shape])  # type: ignore[return-value]
 
 
@@ -139,8 +140,7 @@ class IntervalSource(MaskSource):
         self._intervals = np.ascontiguousarray(intervals, dtype=np.int64)
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
-            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        check_rows(self, b, h, start, stop)
         return visible_rows(self._intervals[b * self.heads + h], start, stop)
 
     def intervals(self) -> np.ndarray:
@@ -157,73 +157,5 @@ class PlanSource(MaskSource):
         self._bits = bitmap_bits(plan)
 
     def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        if not (0 <= b < self.batch and 0 <= h < self.heads and 0 <= start <= stop <= self.q_len):
-            raise MaskError(f"{self.name}: rows({b}, {h}, {start}, {stop}) is outside the mask of shape {list(self.shape)}")
+        check_rows(self, b, h, start, stop)
         return mask_rows(self.plan, b * self.heads + h, start, stop, self._bits)
-
-
-class SparseSource(MaskSource):
-    """A 2-D ``scipy.sparse`` matrix whose stored non-zeros are the visible pairs."""
-
-    def __init__(self, matrix: Any, name: str = "sparse"):
-        import scipy.sparse as sp
-
-        self.name = name
-        csr = sp.csr_array(matrix)
-        self.shape = as_shape4(csr.shape, name)
-        check_binary(csr.data, name)
-        csr.eliminate_zeros()
-        self._csr = csr
-
-    def rows(self, b: int, h: int, start: int, stop: int) -> np.ndarray:
-        return self._csr[start:stop].toarray().astype(bool)
-
-
-def open_mask(mask: Any) -> MaskSource:
-    """Turn a path (``.npy``, ``.npz``, ``.json`` spec), a spec dict, an array, a tensor or a
-    MaskSource into a MaskSource."""
-    if isinstance(mask, MaskSource):
-        return mask
-    if isinstance(mask, dict):
-        from maskc.spec import from_spec
-
-        return from_spec(mask)
-    if isinstance(mask, (str, os.PathLike)):
-        return _open_path(Path(mask))
-    if hasattr(mask, "tocsr") and hasattr(mask, "nnz"):
-        return SparseSource(mask)
-    if hasattr(mask, "detach"):  # a torch tensor; the compiler never imports torch itself
-        mask = mask.detach().cpu().numpy()
-    array = np.asarray(mask)
-    return ArraySource(array, name=f"array{list(array.shape)}")
-
-
-def _open_path(path: Path) -> MaskSource:
-    if not path.exists():
-        raise MaskError(f"mask file not found: {path}")
-    if path.is_dir():
-        raise MaskError(f"mask path is a directory, not a file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise MaskError(f"{path}: not a readable .npy array ({e})") from None
-        return ArraySource(array, name=str(path))
-    if suffix == ".npz":
-        return _open_npz(path)
-    if suffix == ".json":
-        from maskc.spec import load_spec
-
-        return load_spec(path)
-    raise MaskError(f"{path}: unknown mask file type {suffix!r}; use .npy (dense), .npz (scipy.sparse) or .json (a mask spec)")
-
-
-def _open_npz(path: Path) -> MaskSource:
-    import scipy.sparse as sp
-
-    try:
-        matrix = sp.load_npz(path)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise MaskError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz ({e})") from None
-    return SparseSource(matrix, name=str(path))

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from maskc.inputs import open_mask
 from maskc.runtime.format import Plan, bitmap_bits, mask_rows
-from maskc.sources import open_mask
 
 
 def first_difference(plan: Plan, mask: Any) -> str | None:

@@ -14,7 +14,8 @@ import maskc
 from maskc import library
 from maskc.cli.main import cli
 from maskc.errors import MaskError
-from maskc.spec import KINDS, from_spec, load_spec
+from maskc.kinds import MAX_PARTS
+from maskc.spec import MAX_SPEC_DEPTH, MAX_SPEC_TOKENS, from_spec, load_spec
 
 EXAMPLES = [
     ({"kind": "causal", "n": 50}, library.causal(50)),
@@ -49,16 +50,17 @@ def test_every_kind_builds_its_library_mask(spec, source, tmp_path):
     assert maskc.compile(path).to_bytes() == maskc.compile(spec).to_bytes() == maskc.compile(source).to_bytes()
 
 
-def test_every_library_kind_has_a_spec_kind_with_its_parameters():
-    for kind, (make, types) in KINDS.items():
-        assert make is getattr(library, kind)
-        params = [name for name, p in inspect.signature(make).parameters.items() if p.kind is not p.VAR_POSITIONAL]
-        if "of" in types:
-            assert set(types) - {"of"} == set(params) - {"sources"}
-        else:
-            assert set(types) == set(params), kind
-    covered = {make for make, _ in KINDS.values()}
-    assert set(library.KINDS.values()) | {library.causal_blockwise, library.union, library.intersection, library.stack} <= covered
+def test_every_library_kind_is_a_spec_kind():
+    assert {e[0]["kind"] for e in EXAMPLES} == set(library.KINDS)
+    for name, kind in library.KINDS.items():
+        assert kind.function is getattr(library, name)
+        assert [p.name for p in kind.params] == list(inspect.signature(kind.function).parameters)
+
+
+@pytest.mark.parametrize("spelling", ["sliding-window", "sliding_window"])
+def test_kind_names_take_dashes_or_underscores(spelling):
+    built = from_spec({"kind": spelling, "n": 30, "window": 4})
+    assert built.name == library.sliding_window(30, 4).name == "sliding_window(n=30, window=4, causal=True)"
 
 
 @pytest.mark.parametrize(
@@ -67,18 +69,20 @@ def test_every_library_kind_has_a_spec_kind_with_its_parameters():
         ([1, 2], r"spec must be a JSON object with a \"kind\", got a list"),
         ({"n": 4}, r"spec: missing \"kind\""),
         ({"kind": "triangle"}, r"spec.kind: unknown kind 'triangle'; known kinds: causal, full"),
-        ({"kind": "prefix-lm", "n": 4, "prefix": 1}, r"did you mean 'prefix_lm'\?"),
+        ({"kind": "prefix-lm", "n": 4, "prefix": 5}, r"spec: prefix_lm: prefix \(5\) must not exceed n \(4\)"),
         ({"kind": 3}, r"spec.kind: unknown kind 3"),
         ({"kind": "documents"}, r"spec: documents needs parameter 'lengths' \(a list of integers\)"),
         ({"kind": "causal", "n": 4, "window": 2}, r"spec: unknown parameter 'window' for causal; it takes n"),
         ({"kind": "causal", "n": "4"}, r"spec.n must be an integer, got a string \"4\""),
         ({"kind": "causal", "n": True}, r"spec.n must be an integer, got a boolean true"),
         ({"kind": "causal", "n": 4.0}, r"spec.n must be an integer, got a number 4.0"),
+        ({"kind": "causal", "n": 10**9}, r"^spec: causal: n must be at most 1048576 \(maskc.kinds.MAX_TOKENS\), got 1000000000$"),
+        ({"kind": "documents", "lengths": 10**5000}, r"^spec.lengths must be a list of integers, got an integer <int>$"),
         ({"kind": "sliding_window", "n": 4, "window": 2, "causal": 1}, r"spec.causal must be true or false, got an integer 1"),
         ({"kind": "documents", "lengths": [3, "x"]}, r"spec.lengths must be a list of integers"),
         ({"kind": "documents", "lengths": [3, -2]}, r"spec: documents: lengths\[1\] = -2; every length must be positive"),
         ({"kind": "union", "of": []}, r"spec.of must be a non-empty list of specs, got a list \[\]"),
-        ({"kind": "union", "of": [{"kind": "causal", "n": 4}]}, r"spec: union: give at least two mask sources"),
+        ({"kind": "union", "of": [{"kind": "causal", "n": 4}]}, r"spec: union: give at least two mask sources, got 1"),
         ({"kind": "union", "of": [{"kind": "causal", "n": 4}, {"kind": "causal", "n": 5}]}, r"spec: union: sources\[1\]"),
         ({"kind": "intersection", "of": [{"kind": "causal", "n": 4}, {"kind": "documents", "lengths": "4"}]},
          r"spec.of\[1\].lengths must be a list of integers, got a string \"4\""),
@@ -102,6 +106,68 @@ def test_spec_files(tmp_path):
         maskc.open_mask(path)
     with pytest.raises(MaskError, match="mask file not found"):
         maskc.open_mask(tmp_path / "missing.json")
+
+
+# --- hostile specs: the work a spec causes is bounded before it is done ----------------------------
+
+
+def nested_union(depth: int) -> dict:
+    """A spec whose kinds nest ``depth`` deep: union(union(... causal ..., causal), causal)."""
+    spec = {"kind": "causal", "n": 4}
+    for _ in range(depth - 1):
+        spec = {"kind": "union", "of": [spec, {"kind": "causal", "n": 4}]}
+    return spec
+
+
+def test_spec_nesting_stops_at_the_depth_limit(tmp_path):
+    assert from_spec(nested_union(MAX_SPEC_DEPTH)).shape == (1, 1, 4, 4)
+    with pytest.raises(MaskError, match=r"^spec(\.of\[0\]){15}\.of: kinds nest at most 16 deep in a spec \(maskc.spec.MAX_SPEC_DEPTH\)$"):
+        from_spec(nested_union(MAX_SPEC_DEPTH + 1))
+    with pytest.raises(MaskError, match="kinds nest at most 16 deep"):
+        from_spec(nested_union(100_000))  # was a RecursionError
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(MaskError, match=r"deep.json: JSON nested too deeply to read"):
+        load_spec(path)
+
+
+def test_spec_parts_and_tokens_are_bounded():
+    many = {"kind": "stack", "of": [{"kind": "causal", "n": 1}] * MAX_PARTS}
+    with pytest.raises(MaskError, match=r"^spec.of\[1023\]: a spec holds at most 1024 kinds \(maskc.kinds.MAX_PARTS\)$"):
+        from_spec(many)
+    heads = MAX_SPEC_TOKENS // 262144
+    assert from_spec({"kind": "stack", "of": [{"kind": "causal", "n": 262144}] * heads}).shape == (1, heads, 262144, 262144)
+    with pytest.raises(MaskError, match=r"^spec.of\[128\]: the masks of this spec span more than 33554432 tokens in all"):
+        from_spec({"kind": "stack", "of": [{"kind": "causal", "n": 262144}] * (heads + 1)})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"kind": "causal", "n": 4, "n": 5}', r"s.json: the key 'n' appears twice in one object; give each key once"),
+        ('{"kind": "union", "of": [{"kind": "causal", "kind": "full", "n": 4}]}', r"the key 'kind' appears twice"),
+        ('{"kind": "causal", "n": ' + "9" * 5000 + "}", r"s.json: an integer of 5000 digits; at most 19 \(maskc.spec.MAX_INT_DIGITS\)"),
+        ('{"kind": "causal", "n": 99999999999999999999}', r"an integer of 20 digits"),
+        ('{"kind": "causal", "n": 1e400}', r"s.json.n must be an integer, got a number Infinity"),
+    ],
+)
+def test_hostile_json_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    with pytest.raises(MaskError, match=message):
+        load_spec(path)
+
+
+def test_spec_files_are_read_within_a_bound(tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    path.write_text('{"kind": "causal", "n": 4}' + " " * 100)
+    monkeypatch.setattr("maskc.spec.MAX_SPEC_BYTES", 64)
+    with pytest.raises(MaskError, match=r"s.json: the spec is larger than 64 bytes \(maskc.spec.MAX_SPEC_BYTES\)"):
+        load_spec(path)
+    path.write_bytes(b'{"kind": "caus\xffal"}')
+    monkeypatch.setattr("maskc.spec.MAX_SPEC_BYTES", 1 << 20)
+    with pytest.raises(MaskError, match=r"s.json: the spec is not UTF-8 text \(byte 14\)"):
+        load_spec(path)
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
@@ -151,6 +217,8 @@ def test_cli_compiles_a_spec_and_exports_flashmask(runner, tmp_path):
     [
         (lambda t: (t / "s.json").write_text('{"kind": "documents", "lengths": [3, 0]}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "lengths[1] = 0"),
         (lambda t: (t / "s.json").write_text("{"), ["compile", "{t}/s.json", "-o", "{t}/p"], "not valid JSON"),
+        (lambda t: (t / "s.json").write_text('{"kind": "causal", "n": 4, "n": 4}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "appears twice"),
+        (lambda t: (t / "s.json").write_text('{"kind": "causal", "n": 1000000000}'), ["compile", "{t}/s.json", "-o", "{t}/p"], "n must be at most 1048576"),
         (lambda t: (t / "s.json").write_text('{"kind": "hash_buckets", "n": 64, "buckets": 4}'),
          ["compile", "{t}/s.json", "-o", "{t}/p", "--variant", "intervals"], "does not fit the interval form"),
         (lambda t: np.save(t / "f.npy", np.zeros((1, 1, 8, 3), dtype=np.int32)), ["compile", "{t}/f.npy", "--flashmask", "causal", "-o", "{t}/p"], "1|2|4"),
