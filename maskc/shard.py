@@ -102,10 +102,12 @@ def shard(
         raise MaskError(f"objective {objective!r} is not one of {', '.join(cost.OBJECTIVES)}")
     source = PlanMask(mask) if isinstance(mask, Plan) else maskc.open_mask(mask)
     if source.q_len != source.kv_len:
-        raise MaskError(f"{source.name} is {source.q_len}x{source.kv_len}: context parallelism shards one sequence's self-attention (q_len == kv_len)")
+        raise MaskError(f"{source.name} is {source.q_len}x{source.kv_len}: context parallelism shards one sequence's self-attention "
+                        "(q_len == kv_len)")
     tiles = -(-source.q_len // block)
     if tiles < ranks:
-        raise MaskError(f"{source.name}: {source.q_len} tokens make {tiles} tiles of {block}, fewer than {ranks} ranks; use smaller tiles or fewer ranks")
+        raise MaskError(f"{source.name}: {source.q_len} tokens make {tiles} tiles of {block}, fewer than {ranks} ranks; "
+                        "use smaller tiles or fewer ranks")
     whole = _whole_plan(mask, source, block)
     rows = TileRows.of(whole)
     costs = Costs.of(cost.resolve_profile(profile), whole, workload or cost.Workload(), objective)

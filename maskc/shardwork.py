@@ -51,8 +51,7 @@ class TileRows:
     @property
     def tile_tokens(self) -> np.ndarray:
         """Tokens per tile (the last may be short), int64 ``[tiles_m]``."""
-        p = self.plan
-        return np.minimum(p.block_m, p.q_len - np.arange(p.tiles_m, dtype=np.int64) * p.block_m)
+        return _extents(self.plan.q_len, self.plan.block_m)
 
     @property
     def visited(self) -> np.ndarray:
@@ -63,16 +62,19 @@ class TileRows:
 def _row_pairs(plan: Plan, row_id: np.ndarray, entry_full: np.ndarray) -> np.ndarray:
     """Visible pairs per row list ``[slices, tiles_m]``: from the interval vectors (masked pairs per
     query tile, every key column at once) or from the tiles (full ones whole, partial ones' bits)."""
-    heights = np.minimum(plan.block_m, plan.q_len - np.arange(plan.tiles_m, dtype=np.int64) * plan.block_m)
+    heights = _extents(plan.q_len, plan.block_m)
     if plan.variant in DERIVED_LISTS:
         masked = tile_masked_counts(np.asarray(interval_vectors(plan)), plan.q_len, plan.block_m, plan.kv_len)[..., 0]
         return heights * plan.kv_len - masked
-    widths = np.minimum(plan.block_n, plan.kv_len - np.arange(plan.tiles_n, dtype=np.int64) * plan.block_n)
-    per_bitmap = bitmap_bits(plan).sum(axis=(1, 2), dtype=np.int64)
-    m = row_id % plan.tiles_m
-    tile = plan.arrays["row_tile"].astype(np.int64)
-    visible = np.where(entry_full, heights[m] * widths[plan.arrays["row_col"]], per_bitmap[np.where(entry_full, 0, tile)] if per_bitmap.size else 0)
+    visible = heights[row_id % plan.tiles_m] * _extents(plan.kv_len, plan.block_n)[plan.arrays["row_col"]]
+    partial = ~entry_full
+    visible[partial] = bitmap_bits(plan).sum(axis=(1, 2), dtype=np.int64)[plan.arrays["row_tile"][partial]]
     return np.bincount(row_id, weights=visible, minlength=plan.slices * plan.tiles_m).astype(np.int64).reshape(plan.slices, plan.tiles_m)
+
+
+def _extents(length: int, block: int) -> np.ndarray:
+    """The sizes of the tiles that cut ``length`` tokens into ``block``-sized pieces (the last may be short)."""
+    return np.minimum(block, length - np.arange(-(-length // block), dtype=np.int64) * block)
 
 
 def tile_kernel(plan: Plan) -> str:
@@ -179,46 +181,56 @@ class Assessment:
 
 def assess(rows: TileRows, costs: Costs, owner: np.ndarray, ranks: int) -> Assessment:
     """What every rank does when rank ``owner[m]`` owns query tile ``m``."""
-    plan = rows.plan
-    slices, tiles_n = plan.slices, plan.tiles_n
-    entry_rank = owner[rows.entry_row]
-    needed = np.zeros((ranks, tiles_n), dtype=bool)
-    needed[entry_rank, rows.entry_col] = True
-    for r in np.flatnonzero(~needed.any(1) & np.isin(np.arange(ranks), owner)):
-        needed[r, np.argmax(owner == r)] = True  # rows that see nothing: one tile of keys keeps the rank's plan non-empty
-    key = (entry_rank.astype(np.int64) * slices + rows.entry_slice) * tiles_n + rows.entry_col
-    col_total = np.bincount(key, minlength=ranks * slices * tiles_n).reshape(ranks, slices, tiles_n)
-    col_full = np.bincount(key[rows.entry_full], minlength=ranks * slices * tiles_n).reshape(ranks, slices, tiles_n)
-    tile_tokens = rows.tile_tokens
-    traffic = np.zeros((ranks, ranks), dtype=np.int64)  # tokens of keys [owner, needing rank]
-    per_rank = []
+    needed = _needed(rows, owner, ranks)
+    full, partial = _column_counts(rows, owner, ranks)
+    tile_tokens, plan = rows.tile_tokens, rows.plan
+    works = []
     for r in range(ranks):
-        mine, keys = np.flatnonzero(owner == r), np.flatnonzero(needed[r])
-        traffic[:, r] = np.bincount(owner[keys], weights=tile_tokens[keys], minlength=ranks).astype(np.int64)
-        work = cost.Work(int(tile_tokens[mine].sum()), int(tile_tokens[keys].sum()), plan.batch, plan.heads, int(rows.pairs[:, mine].sum()),
-                         cost.ListWork.from_counts(rows.full[:, mine].ravel(), rows.partial[:, mine].ravel()),
-                         cost.ListWork.from_counts(col_full[r][:, keys].ravel(), (col_total[r] - col_full[r])[:, keys].ravel()))
-        per_rank.append((keys, work, costs.predict(work)))
+        mine, keys = owner == r, needed[r]
+        works.append(cost.Work(int(tile_tokens[mine].sum()), int(tile_tokens[keys].sum()), plan.batch, plan.heads,
+                               int(rows.pairs[:, mine].sum()),
+                               cost.ListWork.from_counts(rows.full[:, mine].ravel(), rows.partial[:, mine].ravel()),
+                               cost.ListWork.from_counts(full[r][:, keys].ravel(), partial[r][:, keys].ravel())))
+    predictions = [costs.predict(w) for w in works]
+    timed = costs.unit == "ms"
+    work = [p.objective(costs.objective) for p in predictions] if timed else [w.rows.full + w.rows.partial for w in works]
+    # tokens of keys each owner (rows) sends each rank that needs them (columns), itself included
+    traffic = np.stack([np.bincount(owner[keys], weights=tile_tokens[keys], minlength=ranks) for keys in needed], axis=1).astype(np.int64)
     own = np.diag(traffic)
     token_bytes = _token_bytes(costs.workload)
-    predictions = [p for _, _, p in per_rank]
-    timed = all(p is not None for p in predictions)
-    if timed:
-        work = np.array([p.objective(costs.objective) for p in predictions])
-    else:
-        work = np.array([w.rows.full + w.rows.partial for _, w, _ in per_rank], dtype=np.float64)
     return Assessment(
         owner=owner,
-        needed=[keys for keys, _, _ in per_rank],
-        tokens=np.array([w.q_len for _, w, _ in per_rank]),
-        key_tokens=np.array([w.kv_len for _, w, _ in per_rank]),
-        pairs=np.array([w.pairs for _, w, _ in per_rank]),
-        work=work,
+        needed=[np.flatnonzero(keys) for keys in needed],
+        tokens=np.array([w.q_len for w in works]),
+        key_tokens=np.array([w.kv_len for w in works]),
+        pairs=np.array([w.pairs for w in works]),
+        work=np.array(work, dtype=np.float64),
         fwd_ms=np.array([p.fwd_ms for p in predictions]) if timed else None,
         bwd_ms=np.array([p.bwd_ms for p in predictions]) if timed else None,
         recv_bytes=(traffic.sum(0) - own) * token_bytes,
         send_bytes=(traffic.sum(1) - own) * token_bytes,
     )
+
+
+def _needed(rows: TileRows, owner: np.ndarray, ranks: int) -> np.ndarray:
+    """Whether each rank needs each key tile, bool ``[ranks, tiles_n]``: the tiles its rows visit. A
+    rank whose rows see no key at all needs its first tile, so that its plan is not empty."""
+    needed = np.zeros((ranks, rows.plan.tiles_n), dtype=bool)
+    needed[owner[rows.entry_row], rows.entry_col] = True
+    for r in np.flatnonzero(~needed.any(1) & np.isin(np.arange(ranks), owner)):
+        needed[r, np.argmax(owner == r)] = True
+    return needed
+
+
+def _column_counts(rows: TileRows, owner: np.ndarray, ranks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full and partial tiles of each rank's column lists, int64 ``[ranks, slices, tiles_n]``: each
+    key tile's visits by the rank's rows, per slice."""
+    slices, tiles_n = rows.plan.slices, rows.plan.tiles_n
+    key = (owner[rows.entry_row] * slices + rows.entry_slice) * tiles_n + rows.entry_col
+    size = ranks * slices * tiles_n
+    total = np.bincount(key, minlength=size).reshape(ranks, slices, tiles_n)
+    full = np.bincount(key[rows.entry_full], minlength=size).reshape(ranks, slices, tiles_n)
+    return full, total - full
 
 
 def _token_bytes(workload: cost.Workload) -> int:
