@@ -16,6 +16,15 @@ each rank with :func:`load_shard`. A rank holds the queries, keys and values of 
 The index arrays of the exchange are derived from the shard map once, when the plan is loaded;
 a call launches the exchange and the kernels only. :func:`run_local` runs every rank's share in one
 process, one after another, for checking a sharding without a process group.
+
+On every rank of the group (e.g. under ``torchrun --nproc-per-node P``), after sharding once
+offline (``maskc shard spec.json -P P -o docs.shards``, or ``maskc.shard.shard(...).save(...)``)::
+
+    sharded = load_shard("docs.shards", device="cuda")        # this rank's plan and exchange
+    tokens = torch.as_tensor(sharded.tokens, device="cuda")    # the tokens it owns
+    fetched = sharded.fetch(k[:, :, tokens], v[:, :, tokens])  # the exchange starts ...
+    q_mine = project_queries(x[:, tokens])                     # ... while other work runs
+    out = sharded.attend(q_mine, fetched)                      # [B, H, len(tokens), D], with autograd
 """
 
 from __future__ import annotations
