@@ -63,10 +63,15 @@ class Exchange:
         need_tiles, need_tokens = shard_map.needed_tiles(rank), shard_map.needed_tokens(rank)
         send, recv = [], []
         for other in range(shard_map.ranks):
-            send.append(np.searchsorted(own_tokens, shard_map.tokens(np.intersect1d(shard_map.needed_tiles(other), own_tiles, assume_unique=True))))
-            recv.append(np.searchsorted(need_tokens, shard_map.tokens(np.intersect1d(need_tiles, shard_map.owned_tiles(other), assume_unique=True))))
+            send.append(_positions(shard_map, shard_map.needed_tiles(other), own_tiles, own_tokens))
+            recv.append(_positions(shard_map, need_tiles, shard_map.owned_tiles(other), need_tokens))
         position = np.concatenate(recv)
         return cls(np.concatenate(send), [a.size for a in send], [a.size for a in recv], position, np.argsort(position))
+
+
+def _positions(shard_map: ShardMap, tiles: np.ndarray, other_tiles: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Where the tokens of the tiles in both ``tiles`` and ``other_tiles`` are in ``among`` (ascending tokens)."""
+    return np.searchsorted(among, shard_map.tokens(np.intersect1d(tiles, other_tiles, assume_unique=True)))
 
 
 class ShardedPlan:
@@ -74,8 +79,8 @@ class ShardedPlan:
 
     def __init__(self, shard_map: ShardMap, plan: Plan | LoadedPlan, rank: int, group: dist.ProcessGroup | None = None,
                  device: torch.device | str | None = None):
-        """``rank`` is this process's rank in ``group`` (default: the default group); pass
-        ``group=None`` without an initialised process group only to inspect the share."""
+        """``rank`` is this process's rank in ``group`` (default: the default group). Without an
+        initialised process group the share can be looked at, not run."""
         if dist.is_available() and dist.is_initialized():
             world, own = dist.get_world_size(group), dist.get_rank(group)
             if world != shard_map.ranks or own != rank:
