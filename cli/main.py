@@ -19,6 +19,7 @@ from maskc.cli.bench_cmd import bench
 from maskc.cli.calibrate_cmd import calibrate
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
+from maskc.cli.shard_cmd import shard
 from maskc.cost import ProfileError
 from maskc.errors import MaskError
 from maskc.runtime.format import Plan, PlanError, atomic_write, load
@@ -375,6 +376,7 @@ def _bytes(n: int) -> str:
 cli.add_command(mask)
 cli.add_command(bench)
 cli.add_command(calibrate)
+cli.add_command(shard)
 
 
 def main() -> None:
