@@ -402,7 +402,7 @@ def _compile_auto(
         return plan
     stages = _Stages(progress, 3)
     analysis = _Analysis.of(source, variant, reorder, stages, backward)
-    choice = cost.choose(profile, analysis.candidates, workload, objective)
+    choice = cost.rank(profile, analysis.candidates, workload, objective)
     if choice.chosen is None:
         plan = _compile_fixed(source, FALLBACK_BLOCK, variant, "rcm" if reorder == "rcm" else "none", stages.stage(2), backward)
         note = f"no candidate could be predicted with profile {profile.name!r} for {workload.describe()}: {FALLBACK_BLOCK[0]}x{FALLBACK_BLOCK[1]} tiles and the fixed variant rule"
