@@ -19,7 +19,7 @@ from maskc.cli.bench_cmd import bench
 from maskc.cli.calibrate_cmd import calibrate
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
-from maskc.cost import ProfileError
+from maskc.profile import ProfileError
 from maskc.errors import MaskError
 from maskc.runtime.format import Plan, PlanError, atomic_write, load
 

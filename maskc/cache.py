@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from maskc import cost
-from maskc.compiler import AUTO, BACKWARDS, COMPILER_REVISION, REORDERS, SCHEDULES, Progress, check_option, check_variant, compile, fingerprint, parse_block_option
+from maskc.compiler import COMPILER_REVISION, compile
+from maskc.options import AUTO, BACKWARDS, REORDERS, SCHEDULES, check_option, check_variant, parse_block_option
+from maskc.scan import Progress, fingerprint
 from maskc.runtime.format import VERSION, Plan, PlanError, load
 from maskc.sources import open_mask
 

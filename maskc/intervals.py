@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskc.runtime.intervals import LTE, LTS, UTE, UTS
+from maskc.runtime.format import LTE, LTS, UTE, UTS
 
 Shape4 = tuple[int, int, int, int]
 
