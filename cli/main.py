@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -19,9 +20,9 @@ from maskc.cli.bench_cmd import bench
 from maskc.cli.calibrate_cmd import calibrate
 from maskc.cli.errors import UserError
 from maskc.cli.mask_cmd import mask
-from maskc.profile import ProfileError
 from maskc.errors import MaskError
-from maskc.runtime.format import Plan, PlanError, atomic_write, load
+from maskc.profile import ProfileError
+from maskc.runtime.format import Plan, PlanError, atomic_write, encode, load
 
 
 class _Group(click.Group):
@@ -85,39 +86,53 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
     MASK is a dense .npy, a scipy.sparse .npz, or a .json mask spec such as
     {"kind": "documents", "lengths": [4096, 1000], "causal": true} (see the README).
     """
-    from maskc.cache import PlanCache
-    from maskc.compiler import compile as compile_mask
-    from maskc.compiler import parse_block_option
-    from maskc.cost import Workload
+    from maskc.cache import CacheWarning, Compiled, PlanCache
+    from maskc.compiler import compile_with
+    from maskc.options import CompileOptions
+    from maskc.profile import Workload
     from maskc.sources import open_mask
 
+    options = CompileOptions.of(block=block, variant=variant, reorder=reorder, schedule=schedule, backward=backward, profile=profile_name,
+                                workload=Workload.parse(workload) if workload else None)
     if flashmask is not None:
         from maskc.flashmask import load_startend_row_indices
 
         source = load_startend_row_indices(mask, causal=flashmask == "causal")
     else:
         source = open_mask(mask)
-    options = dict(block=parse_block_option(block), variant=variant, reorder=reorder, schedule=schedule, backward=backward, profile=profile_name,
-                   workload=Workload.parse(workload) if workload else None)
     if output.parent and not output.parent.is_dir():
         raise UserError(f"output directory does not exist: {output.parent}")
-    with _progress(not quiet, "compiling") as progress:
+    with _progress(not quiet, "compiling") as progress, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
         if cache:
-            plan, hit = PlanCache().compile(source, progress=progress, **options)
+            compiled = PlanCache().compile_with(source, options, progress)
         else:
-            plan, hit = compile_mask(source, progress=progress, **options), False
-    plan.save(output)
+            plan = compile_with(source, options, progress)
+            compiled = Compiled(plan, encode(plan), False)
+    for w in caught:
+        click.echo(f"Warning: {w.message}", err=True)
+    _write(output, compiled.data)
     if not quiet:
+        plan, hit = compiled.plan, compiled.hit
         c = plan.tile_counts()
-        size = output.stat().st_size
         chosen = _chosen(plan)
         click.echo(
             f"wrote {output}: {plan.q_len}x{plan.kv_len} mask, {plan.block_m}x{plan.block_n} tiles, {c['tiles_full']} full + {c['tiles_partial']} partial "
             f"of {c['tiles_total']} ({_pct(c['tiles_full'] + c['tiles_partial'], c['tiles_total'])} of dense work), "
             f"{plan.variant}{', reordered' if plan.reordered else ''}{', backward through dense pieces' if plan.arrays['pieces'].size else ''}, "
-            f"{_bytes(size)}{' (from cache)' if hit else ''}"
+            f"{_bytes(len(compiled.data))}{' (from cache)' if hit else ''}"
             + (f"; predicted {chosen}" if chosen else "")
         )
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a file atomically; an error that names no file (a full disk) names this one."""
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
 
 
 def _chosen(plan: Plan) -> str | None:
@@ -212,7 +227,7 @@ def export(plan_path: Path, to_flashmask: bool, output: Path) -> None:
     array, causal = to_startend_row_indices(load(plan_path))
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    atomic_write(output, buffer.getvalue())
+    _write(output, buffer.getvalue())
     click.echo(f"wrote {output}: FlashMask startend_row_indices {list(array.shape)} int32; call flashmask_attention(..., causal={causal})")
 
 

@@ -194,3 +194,43 @@ def test_predictions_through_the_cli(runner, tmp_path):
     none = compile_ok(runner, causal, plan, "--no-cache").output
     assert "block_sparse" in none and "predicted" not in none
     assert "predicted   none: no cost-model profile" in runner.invoke(cli, ["inspect", str(plan)]).output
+
+
+def test_compile_encodes_and_validates_the_plan_once(runner, mask_file, tmp_path, monkeypatch):
+    import maskc.runtime.format as fmt
+
+    calls = []
+    validate = fmt.validate
+    monkeypatch.setattr(fmt, "validate", lambda plan: calls.append(1) or validate(plan))
+    for flag, expected in (("--no-cache", 1), ("--cache", 1), ("--cache", 1)):  # a miss encodes, a hit decodes: once each
+        calls.clear()
+        compile_ok(runner, mask_file, tmp_path / f"m{flag}.plan", flag)
+        assert len(calls) == expected, flag
+    (entry,) = (tmp_path / "cache").glob("*.plan")
+    assert (tmp_path / "m--cache.plan").read_bytes() == (tmp_path / "m--no-cache.plan").read_bytes() == entry.read_bytes()
+
+
+def test_an_unwritable_cache_warns_in_one_line_and_the_plan_is_written(runner, mask_file, tmp_path, monkeypatch):
+    (tmp_path / "blocker").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("MASKC_CACHE_DIR", str(tmp_path / "blocker" / "cache"))
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and result.stderr.startswith("Warning: plan cache: cannot write ") and len(result.stderr.splitlines()) == 1
+    assert "Not a directory; the plan was not cached" in result.stderr
+    compile_ok(runner, mask_file, tmp_path / "n.plan", "--no-cache")
+    assert (tmp_path / "m.plan").read_bytes() == (tmp_path / "n.plan").read_bytes()
+
+
+def test_a_full_disk_names_the_output(runner, mask_file, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import maskc.runtime.format as fmt
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fmt.os, "fsync", full)
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--no-cache"])
+    assert_user_error(result, f"No space left on device: {tmp_path / 'm.plan'}")
+    assert not list(tmp_path.glob("*m.plan*"))
