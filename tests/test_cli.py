@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from maskc.cli.main import cli
 
@@ -234,3 +236,99 @@ def test_a_full_disk_names_the_output(runner, mask_file, tmp_path, monkeypatch):
     result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--no-cache"])
     assert_user_error(result, f"No space left on device: {tmp_path / 'm.plan'}")
     assert not list(tmp_path.glob("*m.plan*"))
+
+
+def test_a_device_is_not_read_as_a_plan(runner, tmp_path):
+    for args in (["inspect", "/dev/zero"], ["verify", "/dev/zero", "/dev/zero"], ["export", "/dev/zero", "--flashmask", "-o", str(tmp_path / "x.npy")]):
+        assert_user_error(runner.invoke(cli, args), "/dev/zero is not a regular file")
+
+
+JUNK = [
+    None, 3, "text", [1, [2, {"x": None}]], {"candidates": [1, 2]}, {"candidates": {"a": 5, "b": {"fwd_ms": "fast"}}},
+    {"candidates": {"a": {"fwd_ms": 1.0}}, "chosen": "a"}, {"candidates": {"a": {"fwd_ms": 1.0, "fwd_bwd_ms": True}}, "workload": [1, 2]},
+    {"profile": {"name": 1}, "objective": 7, "note": ["x"], "workload": {"batch": [1], "heads": "many"}, "candidates": {}},
+    {"workload": "B=1", "candidates": {"a": {"variant": "block_sparse", "block": [64, 64], "reordered": False, "work": {}}}},
+]
+plain = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+                         ["candidates", "chosen", "workload", "profile", "objective", "note", "fwd_ms", "fwd_bwd_ms", "tiles_before", "tiles_after",
+                          "full", "partial", "method", "bandwidth_before", "bandwidth_after", "block_sparse/32x32+rcm"]), inner, max_size=4),
+                     max_leaves=12)
+
+
+@pytest.fixture(scope="module")
+def reordered_plan():
+    order = np.random.default_rng(0).permutation(128)
+    band = (np.abs(np.arange(128)[:, None] - np.arange(128)[None, :]) < 4)[order][:, order]
+    import maskc
+
+    return maskc.compile(band, block=32, reorder="rcm")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(predictions=plain | st.sampled_from(JUNK), reorder=plain | st.binary(max_size=4) | st.sampled_from(JUNK))
+def test_inspect_shows_odd_metadata_of_an_accepted_plan(reordered_plan, predictions, reorder):
+    """Whatever plain data a plan's predictions and reordering record hold, the summary, its JSON
+    and its text come out (showing what reads) instead of a traceback."""
+    from dataclasses import replace
+
+    from maskc.cli.inspect_cmd import _human, summary
+    from maskc.runtime.format import decode
+
+    if not isinstance(predictions, dict):
+        predictions = {"candidates": predictions}
+    plan = decode(replace(reordered_plan, predictions=predictions, options={"block": [32, 32], "reorder": reorder}).to_bytes())
+    info = summary(plan, 1000)
+    json.loads(json.dumps(info))
+    text = _human("p.plan", info)
+    assert "reordered   " in text and "mask hash" in text
+
+
+@pytest.mark.parametrize("predictions", JUNK[4:])
+def test_inspect_re_evaluates_odd_predictions_or_says_why_not(runner, tmp_path, reordered_plan, predictions):
+    from dataclasses import replace
+
+    from conftest import make_profile
+
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    path = tmp_path / "odd.plan"
+    path.write_bytes(replace(reordered_plan, predictions=predictions).to_bytes())
+    for extra in ([], ["--json"]):
+        result = runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json"), *extra])
+        assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
+        if result.exit_code == 2:
+            assert_user_error(result, "")
+
+
+def test_inspect_profile_none_shows_the_recorded_predictions(runner, tmp_path, monkeypatch):
+    from conftest import make_profile
+
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps(make_profile()))
+    causal = tmp_path / "causal.npy"
+    np.save(causal, np.tri(256, dtype=bool))
+    plan = tmp_path / "c.plan"
+    compile_ok(runner, causal, plan, "--profile", str(profile))
+    human = runner.invoke(cli, ["inspect", str(plan), "--profile", "none"])
+    assert human.exit_code == 0, human.output
+    assert "predicted   profile Test GPU, B=1 H=16 D=128 bf16, objective fwd_bwd\n" in human.output
+    assert "note: --profile none: no profile, so the recorded predictions are not re-evaluated" in human.output
+    info = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json", "--profile", "None"]).output)
+    assert info["reevaluated"] == {"profile": None, "note": "--profile none: no profile, so the recorded predictions are not re-evaluated"}
+
+
+def test_cache_ls_shows_bad_entries(runner, mask_file, tmp_path):
+    compile_ok(runner, mask_file, tmp_path / "m.plan")
+    cache_dir = tmp_path / "cache"
+    (cache_dir / f"{'a' * 64}.plan").mkdir()
+    (cache_dir / f"{'b' * 64}.plan").write_bytes(b"not a plan" * 10)
+    (cache_dir / f"{'c' * 64}.plan").symlink_to("/dev/zero")
+    result = runner.invoke(cli, ["cache", "ls"])
+    assert result.exit_code == 0, result.output
+    shown = {line[:16]: line.split("  ")[-1] for line in result.output.splitlines()}
+    assert len(shown) == 4 and sum("1x1x300x300 block 128x128 block_sparse" == what for what in shown.values()) == 1
+    assert (shown["a" * 16], shown["b" * 16], shown["c" * 16]) == ("bad entry, dropped on next use: not a regular file",
+                                                                   "bad entry, dropped on next use: not a maskc plan: bad magic bytes",
+                                                                   "bad entry, dropped on next use: not a regular file")
+    assert "removed 3 plans" in runner.invoke(cli, ["cache", "clear"]).output  # the directory is left
+    assert [p.name for p in cache_dir.iterdir()] == [f"{'a' * 64}.plan"]
