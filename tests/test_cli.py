@@ -332,3 +332,29 @@ def test_cache_ls_shows_bad_entries(runner, mask_file, tmp_path):
                                                                    "bad entry, dropped on next use: not a regular file")
     assert "removed 3 plans" in runner.invoke(cli, ["cache", "clear"]).output  # the directory is left
     assert [p.name for p in cache_dir.iterdir()] == [f"{'a' * 64}.plan"]
+
+
+@pytest.mark.parametrize("case", ["small", "long title", "reordered"])
+def test_tile_map_ticks_title_and_order(case, reordered_plan):
+    pytest.importorskip("matplotlib")
+    import maskc
+    from maskc import library
+    from maskc.cli.tilemap import tile_map_figure
+
+    plan = {"small": lambda: maskc.compile(library.causal(96), block=32),
+            "long title": lambda: maskc.compile({"kind": "causal", "n": 40000}, block=32, variant="intervals"),
+            "reordered": lambda: reordered_plan}[case]()
+    fig = tile_map_figure(plan)
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    for ax in axes:
+        for ticks, (lo, hi) in ((ax.get_xticks(), ax.get_xlim()), (ax.get_yticks(), sorted(ax.get_ylim()))):
+            shown = [t for t in ticks if lo <= t <= hi]
+            assert shown and all(float(t).is_integer() for t in shown), ticks  # whole tiles only
+    title = fig._suptitle.get_window_extent(renderer)
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    assert all(title.y0 > ax.get_tightbbox(renderer).y1 for ax in axes)  # above every panel, its title included
+    reordered = "reordered" in axes[0].get_xlabel() and "reordered (RCM)" in fig._suptitle.get_text()
+    assert reordered == (case == "reordered")
+    if case == "long title":
+        assert "\n" in fig._suptitle.get_text()
