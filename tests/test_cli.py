@@ -358,3 +358,17 @@ def test_tile_map_ticks_title_and_order(case, reordered_plan):
     assert reordered == (case == "reordered")
     if case == "long title":
         assert "\n" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("workload, message", [([1, 2], "the plan's recorded workload is not a map"),
+                                               ({"batch": [1], "heads": 16}, "workload batch must be a positive integer")])
+def test_a_recorded_workload_that_is_not_one_is_a_user_error(runner, tmp_path, reordered_plan, workload, message):
+    from dataclasses import replace
+
+    from conftest import make_profile
+
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    path = tmp_path / "odd.plan"
+    path.write_bytes(replace(reordered_plan, predictions={"workload": workload, "candidates": {}}).to_bytes())
+    assert_user_error(runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json")]), message)
+    assert runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json"), "--workload", "batch=2"]).exit_code == 0
