@@ -1,20 +1,11 @@
-"""Files as the CLI reads and writes them: plans read only from regular files, outputs written
-atomically with errors that name them."""
+"""Files as the CLI writes them: atomically, with errors that name them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from maskc.cli.errors import UserError
-from maskc.runtime.format import Plan, atomic_write, load
-
-
-def read_plan(path: Path) -> tuple[Plan, int]:
-    """The validated plan in ``path`` and the file's size. Only a regular file is read: a device such
-    as ``/dev/zero`` would never end."""
-    if path.exists() and not path.is_file():
-        raise UserError(f"{path} is not a regular file, so not a plan file")
-    return load(path), path.stat().st_size
+from maskc.runtime.format import atomic_write
 
 
 def check_output_dir(path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from maskc.cli.errors import UserError
-from maskc.cli.files import human_bytes, read_plan
-from maskc.runtime.format import DENSE_VARIANTS, Plan
+from maskc.cli.files import human_bytes
+from maskc.runtime.format import DENSE_VARIANTS, Plan, load
 
 
 @click.command()
@@ -27,8 +27,8 @@ from maskc.runtime.format import DENSE_VARIANTS, Plan
 @click.option("--workload", help="Re-evaluate them for this call, e.g. batch=4,heads=32,head_dim=64,dtype=fp16.")
 def inspect(plan_path: Path, as_json: bool, png: Path | None, profile_name: str | None, workload: str | None) -> None:
     """Summarise a plan: shape, density, tile counts, size, variant, reordering, predictions."""
-    plan, size = read_plan(plan_path)
-    info = summary(plan, size)
+    plan = load(plan_path)
+    info = summary(plan, plan_path.stat().st_size)
     if profile_name or workload:
         info["reevaluated"] = _reevaluate(plan, profile_name, workload)
     if png is not None:

@@ -19,12 +19,12 @@ from maskc.cli.bench_cmd import bench
 from maskc.cli.calibrate_cmd import calibrate
 from maskc.cli.cache_cmd import cache
 from maskc.cli.errors import UserError
-from maskc.cli.files import check_output_dir, human_bytes, read_plan, write_file
+from maskc.cli.files import check_output_dir, human_bytes, write_file
 from maskc.cli.inspect_cmd import inspect
 from maskc.cli.mask_cmd import mask
 from maskc.errors import MaskError
 from maskc.profile import ProfileError
-from maskc.runtime.format import Plan, PlanError, encode
+from maskc.runtime.format import Plan, PlanError, encode, load
 
 
 class _Group(click.Group):
@@ -142,7 +142,7 @@ def verify(plan_path: Path, mask: Path) -> None:
     """Exit 0 only if PLAN reproduces MASK bit for bit."""
     from maskc.verify import first_difference
 
-    plan = read_plan(plan_path)[0]
+    plan = load(plan_path)
     diff = first_difference(plan, mask)
     if diff is not None:
         click.echo(f"MISMATCH: {diff}", err=True)
@@ -168,7 +168,7 @@ def export(plan_path: Path, to_flashmask: bool, output: Path) -> None:
     check_output_dir(output)
     from maskc.flashmask import to_startend_row_indices
 
-    array, causal = to_startend_row_indices(read_plan(plan_path)[0])
+    array, causal = to_startend_row_indices(load(plan_path))
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     write_file(output, buffer.getvalue())

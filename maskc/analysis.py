@@ -21,7 +21,7 @@ from maskc.errors import MaskError
 from maskc.intervals import intervals_sha256
 from maskc.options import AUTO, AUTO_BLOCKS, FALLBACK_BLOCK, CompileOptions
 from maskc.pieces import MAX_PIECES, find_pieces
-from maskc.runtime.format import DENSE_VARIANTS, MAX_TILES_PER_SLICE, dense_intervals, masked_pairs, tile_classes, tile_lists
+from maskc.runtime.format import DENSE_VARIANTS, MAX_DERIVED_TILES, dense_intervals, masked_pairs, tile_classes, tile_lists
 from maskc.scan import Stages, TileCounter, read_rows, structured_intervals
 from maskc.sources import MaskSource
 from maskc.work import Candidate, Work, pieces_work
@@ -79,6 +79,18 @@ def tiles_per_slice(source: MaskSource, block: Block) -> int:
     return -(-source.q_len // block[0]) * -(-source.kv_len // block[1])
 
 
+def lists_derivable(source: MaskSource, block: Block) -> bool:
+    """Whether an interval or dense plan of the mask at ``block`` is within the tiles a reader may
+    derive lists for (:data:`maskc.runtime.format.MAX_DERIVED_TILES`, over all slices)."""
+    return source.batch * source.heads * tiles_per_slice(source, block) <= MAX_DERIVED_TILES
+
+
+def derivable_error(source: MaskSource, block: Block, variant: str) -> MaskError:
+    tiles = source.batch * source.heads * tiles_per_slice(source, block)
+    return MaskError(f"{source.name}: {variant} plans may have at most {MAX_DERIVED_TILES} tiles over all their slices (their lists are "
+                     f"derived on load); {tiles} tiles of {block[0]}x{block[1]} is more: use larger tiles")
+
+
 def check_reorderable(source: MaskSource, variant: str) -> None:
     if source.q_len != source.kv_len:
         raise MaskError(f"{source.name} is {source.q_len}x{source.kv_len}: only self-attention masks (q_len == kv_len) can be reordered")
@@ -109,9 +121,8 @@ def _for_fixed_rules(source: MaskSource, options: CompileOptions, stages: Stages
     rcm = options.reorder == "rcm"
     if rcm:
         check_reorderable(source, variant)
-    elif variant == "intervals" and tiles_per_slice(source, block) > MAX_TILES_PER_SLICE:
-        raise MaskError(f"{source.name}: {tiles_per_slice(source, block)} tiles per slice is more than an interval plan may have "
-                        f"({MAX_TILES_PER_SLICE}); use larger tiles")
+    elif variant == "intervals" and not lists_derivable(source, block):
+        raise derivable_error(source, block, "intervals")
     vectors = None if rcm else structured_intervals(source)  # RCM needs the rows
     if vectors is not None:
         analysis = _structured(source, options, vectors, {})
@@ -142,7 +153,7 @@ def _for_model(source: MaskSource, options: CompileOptions, stages: Stages) -> A
     """The read the cost model needs: the tiles of every candidate tile size, the form, the pieces,
     and — for a mask scattered by its token order — its RCM reordering's tiles."""
     variant, reorder, backward = options.variant, options.reorder, options.backward
-    blocks = [b for b in AUTO_BLOCKS if tiles_per_slice(source, b) <= MAX_TILES_PER_SLICE]
+    blocks = [b for b in AUTO_BLOCKS if tiles_per_slice(source, b) <= MAX_DERIVED_TILES]
     if not blocks:
         raise MaskError(f"{source.name}: {source.q_len}x{source.kv_len} has too many tiles per slice at every candidate tile size")
     if reorder == "rcm":
@@ -208,7 +219,7 @@ def _tile_candidates(analysis: Analysis) -> dict[Candidate, Work]:
     allowed = (lambda v: variant in (AUTO, v))
     out: dict[Candidate, Work] = {}
     if analysis.options.reorder != "rcm":
-        if analysis.vectors is not None:
+        if analysis.vectors is not None and lists_derivable(source, FALLBACK_BLOCK):
             for dense in DENSE_VARIANTS:
                 if allowed(dense) and dense_mismatch(source, analysis.vectors, dense) is None:
                     out[Candidate(dense, FALLBACK_BLOCK)] = Work(source.q_len, source.kv_len, source.batch, source.heads, analysis.pairs)
@@ -216,7 +227,7 @@ def _tile_candidates(analysis: Analysis) -> dict[Candidate, Work]:
             work = Work.from_classes(list(classes), shape, analysis.pairs)
             if allowed("block_sparse"):
                 out[Candidate("block_sparse", block)] = work
-            if allowed("intervals") and analysis.vectors is not None:
+            if allowed("intervals") and analysis.vectors is not None and lists_derivable(source, block):
                 out[Candidate("intervals", block)] = work
     if analysis.reordered_classes is not None:
         for block, classes in analysis.reordered_classes.items():

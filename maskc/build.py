@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from maskc.analysis import Analysis, tiles_per_slice
+from maskc.analysis import Analysis, derivable_error, lists_derivable
 from maskc.bitmaps import BitmapBuilder, bitmap_arrays
 from maskc.choice import AUTO_PAIRS, Choice
-from maskc.errors import MaskError
-from maskc.runtime.format import DENSE_VARIANTS, MAX_TILES_PER_SLICE, Plan, dense_intervals, list_traits, tile_lists
+from maskc.runtime.format import DENSE_VARIANTS, Plan, dense_intervals, list_traits, tile_lists
 from maskc.scan import Progress, read_rows
 
 
@@ -57,9 +56,8 @@ def _tiles(analysis: Analysis, choice: Choice, progress: Progress | None) -> _Ti
     options: dict[str, Any] = {"block": [bm, bn]}
     empty_bitmaps = np.zeros((0, bm, bn // 32), dtype="<u4")
     if variant in DENSE_VARIANTS:
-        if tiles_per_slice(source, block) > MAX_TILES_PER_SLICE:
-            raise MaskError(f"{source.q_len}x{source.kv_len} in {bm}x{bn} tiles is more than a dense plan may have "
-                            f"({MAX_TILES_PER_SLICE} tiles per slice); use larger tiles")
+        if not lists_derivable(source, block):
+            raise derivable_error(source, block, variant)
         vectors = dense_intervals(variant, source.batch * source.heads, source.q_len, source.kv_len)
         arrays = {**tile_lists(vectors, source.q_len, bm, bn), "bitmaps": empty_bitmaps, "intervals": np.zeros((0, 4, source.kv_len), dtype="<i4")}
         return _Tiles(arrays, analysis.intervals_sha256(), "intervals", options)

@@ -144,8 +144,6 @@ class PlanCache:
             return decode(data), data
         except PlanError as e:
             raise BadEntry(str(e)) from None
-        except MemoryError:
-            raise BadEntry("its plan asks for more memory than there is") from None
 
     def _hit(self, key: str, analysis: Analysis, choice: Choice) -> Compiled | None:
         """The entry under ``key`` if it is the plan of the analysed mask for ``choice``; any other

@@ -47,7 +47,7 @@ from maskc.compiler import bitmap_plan
 from maskc.compiler import compile as compile_mask
 from maskc.errors import MaskError
 from maskc.runtime.format import Plan, pieces_take
-from maskc.runtime.intervals import LTE, LTS, UTE, UTS
+from maskc.runtime.format import LTE, LTS, UTE, UTS
 from maskc.sources import IntervalSource
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from maskc.analysis import Analysis, dense_mismatch, tiles_per_slice
+from maskc.analysis import Analysis, dense_mismatch, lists_derivable
 from maskc.errors import MaskError
 from maskc.model import rank
 from maskc.options import AUTO, FALLBACK_BLOCK
 from maskc.pieces import MAX_PIECES
 from maskc.predictions import record
 from maskc.profile import ENV_PROFILE
-from maskc.runtime.format import DENSE_VARIANTS, MAX_TILES_PER_SLICE
+from maskc.runtime.format import DENSE_VARIANTS
 from maskc.work import Candidate
 
 # auto's rule with an explicit block or without a profile (see auto_variant)
@@ -71,7 +71,7 @@ def fixed_rules(analysis: Analysis) -> Candidate:
     else:
         if analysis.vectors is None and o.variant == "intervals":
             raise MaskError(f"{source.name} does not fit the interval form: {analysis.failure}; compile it with variant 'block_sparse' or 'auto'")
-        fits = analysis.vectors is not None and tiles_per_slice(source, block) <= MAX_TILES_PER_SLICE
+        fits = analysis.vectors is not None and lists_derivable(source, block)
         intervals = fits and (o.variant == "intervals" or auto_variant(analysis.lists(block), source.shape, block) == "intervals")
         candidate = Candidate("intervals" if intervals else "block_sparse", block)
     if o.backward != "pieces":

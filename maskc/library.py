@@ -26,7 +26,7 @@ import numpy as np
 
 from maskc import intervals as iv_form
 from maskc.errors import MaskError
-from maskc.runtime.intervals import LTE, LTS, UTE, UTS
+from maskc.runtime.format import LTE, LTS, UTE, UTS
 from maskc.sources import MaskSource
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from maskc.errors import MaskError
 from maskc.model import OBJECTIVES
 from maskc.profile import Profile, Workload, resolve_profile
+from maskc.runtime.format import TILE_SIZES
 
-TILE_SIZES = (32, 64, 128)  # the sides a tile may have
 AUTO = "auto"
 AUTO_BLOCKS = ((64, 64), (128, 128))  # the tile sizes the cost model compares
 FALLBACK_BLOCK = (128, 128)  # block="auto" without a profile

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskc.runtime.format import DTYPES
 from maskc.work import ListWork, is_count
 
 SCHEMA = "maskc-profile/3"
@@ -34,7 +35,6 @@ KERNELS = ("block_sparse", "intervals")
 PASSES = ("fwd", "bwd")
 LAUNCHES = {"fwd": ("rows",), "bwd": ("dq", "dkdv")}
 """The tile-kernel launches of each pass and the lists they walk: rows, rows, columns."""
-DTYPES = ("bf16", "fp16", "fp32")
 HEAD_DIM_BUCKETS = (32, 64, 128, 256)  # the kernels pad the head dim to the next of these
 
 

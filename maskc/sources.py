@@ -20,7 +20,7 @@ import numpy as np
 
 from maskc.errors import MaskError
 from maskc.runtime.format import Plan, bitmap_bits, mask_rows
-from maskc.runtime.intervals import visible_rows
+from maskc.runtime.format import visible_rows
 
 Shape4 = tuple[int, int, int, int]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation
-from maskc.runtime.launch import list_traits
+from maskc.runtime.format import list_traits
 
 _INDEX_ARRAYS = ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile")
 

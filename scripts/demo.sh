@@ -2,8 +2,7 @@
 # The maskc demo: make a packed-documents mask, compile it, inspect it, verify it, run attention through it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[viz]'
+bash scripts/install.sh viz
 out=${MASKC_DEMO_DIR:-demo-output}
 mkdir -p "$out"
 set -x

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Install maskc with its test extras (CPU torch first, so no CUDA packages are pulled) and run the suite.
+# Install maskc with its test extras (torch's CPU build on a CPU-only machine) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[test,viz]'
+bash scripts/install.sh test,viz
 python3 -m pytest "$@"

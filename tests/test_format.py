@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import maskc
 from maskc.runtime import format as fmt
+from maskc.runtime.format import codec
 from maskc.runtime.format import PlanError
 
 BLOCKS = [(32, 32), (64, 32), (32, 64), (64, 64), (128, 128)]
@@ -75,7 +76,7 @@ def test_full_tiles_must_ascend_within_a_list():
         swapped = a[other].copy()
         swapped[[lo, lo + 1]] = swapped[[lo + 1, lo]]
         with pytest.raises(PlanError, match=f"plan {prefix} lists must give their full tiles in ascending order"):
-            fmt.decode(fmt._pack(_with_array(plan, other, swapped)))
+            fmt.decode(codec._pack(_with_array(plan, other, swapped)))
 
 
 def _causal_plan() -> fmt.Plan:
@@ -109,7 +110,7 @@ def _corrupt_cases():
 def test_inconsistent_plans_are_refused(case):
     bad = _corrupt_cases()[case]
     with pytest.raises(PlanError):
-        fmt.decode(fmt._pack(bad))  # a file written by a buggy or hostile tool
+        fmt.decode(codec._pack(bad))  # a file written by a buggy or hostile tool
     with pytest.raises(PlanError):
         fmt.encode(bad)
 
@@ -219,7 +220,7 @@ def _interval_plan() -> fmt.Plan:
 
 def _body(plan: fmt.Plan, store_lists: bool = False) -> dict:
     """The msgpack body of a plan, optionally with an interval plan's lists stored, as another writer may."""
-    body = msgpack.unpackb(fmt._pack(plan)[44:], raw=False)
+    body = msgpack.unpackb(codec._pack(plan)[44:], raw=False)
     if store_lists:
         for name in fmt.LIST_ARRAYS:
             a = np.ascontiguousarray(plan.arrays[name], dtype="<i4")
@@ -267,7 +268,7 @@ def _interval_corrupt_cases():
 def test_inconsistent_interval_plans_are_refused(case):
     bad = _interval_corrupt_cases()[case]
     with pytest.raises(PlanError):
-        fmt.decode(fmt._pack(bad))
+        fmt.decode(codec._pack(bad))
     with pytest.raises(PlanError):
         fmt.encode(bad)
 
@@ -418,7 +419,7 @@ def test_inconsistent_v3_plans_are_refused(case):
         fmt.encode(bad)
     if "predictions not plain" not in case:  # msgpack itself cannot hold an integer map key here
         with pytest.raises(PlanError):
-            fmt.decode(fmt._pack(bad))
+            fmt.decode(codec._pack(bad))
 
 
 def test_reordered_flag_must_match_the_permutation():
@@ -452,7 +453,7 @@ def test_dense_plans_are_checked_like_interval_plans():
     with pytest.raises(PlanError, match="visible_pairs"):
         fmt.encode(dataclasses.replace(dense, visible_pairs=dense.visible_pairs + 1))
     with pytest.raises(PlanError, match="must be square"):
-        fmt.decode(fmt._pack(_with_array(dataclasses.replace(dense, kv_len=128), "intervals", np.zeros((0, 4, 128), dtype="<i4"))))
+        fmt.decode(codec._pack(_with_array(dataclasses.replace(dense, kv_len=128), "intervals", np.zeros((0, 4, 128), dtype="<i4"))))
     wrong = _with_array(dense, "row_full", np.zeros_like(dense.arrays["row_full"]))
     with pytest.raises(PlanError, match="what its intervals make"):
         fmt.decode(_repack(_body(wrong, store_lists=True)))

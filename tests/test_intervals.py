@@ -315,7 +315,7 @@ def test_device_plan_carries_the_intervals():
     plan = maskc.compile(library.causal(100), block=(32, 32), variant="intervals")
     dplan = DevicePlan.from_plan(plan)
     assert dplan.variant == "intervals" and dplan.intervals.dtype == torch.int32
-    assert torch.equal(dplan.intervals, torch.from_numpy(plan.arrays["intervals"]))
+    assert torch.equal(dplan.intervals, torch.from_numpy(np.array(plan.arrays["intervals"])))
     assert dplan.bitmaps.shape == (0, 32, 1) and int(dplan.row_tile.min()) == -2
     bitmap = DevicePlan.from_plan(maskc.compile(library.causal(100), block=(32, 32), variant="block_sparse"))
     assert bitmap.variant == "block_sparse" and bitmap.intervals.shape == (0, 4, 100)

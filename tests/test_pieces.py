@@ -100,6 +100,10 @@ def _pieced_plan(source=None, block=32):
     return maskc.compile(source or library.prefix_lm(100, 30), block=block, backward="pieces")
 
 
+def _with_pieces(plan, pieces):
+    return dataclasses.replace(plan, arrays={**plan.arrays, "pieces": np.array(pieces, dtype="<i4")})
+
+
 def test_a_plan_with_pieces_round_trips_and_older_versions_have_none():
     plan = _pieced_plan()
     back = fmt.decode(plan.to_bytes())
@@ -117,8 +121,7 @@ def test_a_plan_with_pieces_round_trips_and_older_versions_have_none():
     ([[0, 100, 0, 30, 0]] * (MAX_PIECES + 1), f"at most {MAX_PIECES}"),
 ])
 def test_hostile_pieces_are_refused(pieces, message):
-    plan = _pieced_plan()
-    plan.arrays["pieces"] = np.array(pieces, dtype="<i4")
+    plan = _with_pieces(_pieced_plan(), pieces)
     with pytest.raises(PlanError, match=message):
         fmt.validate(plan)
 
@@ -129,8 +132,7 @@ def test_hostile_pieces_are_refused(pieces, message):
     [[0, 100, 0, 30, 0], [30, 100, 30, 100, 0]],  # the causal square sent as a full one (pair count differs)
 ])
 def test_pieces_that_are_not_the_mask_are_refused(variant, pieces):
-    plan = maskc.compile(library.prefix_lm(100, 30), block=32, variant=variant, backward="pieces")
-    plan.arrays["pieces"] = np.array(pieces, dtype="<i4")
+    plan = _with_pieces(maskc.compile(library.prefix_lm(100, 30), block=32, variant=variant, backward="pieces"), pieces)
     with pytest.raises(PlanError, match="pieces"):
         fmt.validate(plan)
     with pytest.raises(PlanError, match="pieces"):
@@ -149,7 +151,7 @@ def test_pieces_of_a_bitmap_or_interval_plan_that_are_the_mask_pass(variant):
 
 def test_only_one_slice_tile_plans_in_token_order_carry_pieces():
     two_heads = maskc.compile(library.stack([library.prefix_lm(100, 30)] * 2), block=32)
-    two_heads.arrays["pieces"] = _pieced_plan().arrays["pieces"]
+    two_heads = _with_pieces(two_heads, _pieced_plan().arrays["pieces"])
     with pytest.raises(PlanError, match="one-slice"):
         fmt.validate(two_heads)
     with pytest.raises(MaskError, match="dense pieces"):

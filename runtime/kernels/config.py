@@ -25,7 +25,8 @@ from typing import Iterator
 
 import torch
 
-TILE_SIZES = (32, 64, 128)
+from maskc.runtime.format import TILE_SIZES
+
 HEAD_DIM_BUCKETS = (32, 64, 128, 256)  # head dims are padded inside the kernel to the next power of two
 MIN_SUB = 16  # tl.dot needs every side >= 16
 
