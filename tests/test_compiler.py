@@ -209,3 +209,25 @@ def test_a_compile_reads_the_mask_at_most_twice_and_a_hit_once(tmp_path, options
     assert not hit and source.passes() == passes and plan.to_bytes() == maskc.compile(mask, **options).to_bytes()
     source.read = 0
     assert PlanCache(tmp_path / "cache").compile(source, **options)[1] and source.passes() == 1
+
+
+def test_interval_and_dense_plans_stay_within_the_tiles_a_reader_derives(tmp_path, monkeypatch):
+    """The reader derives an interval or dense plan's lists for at most MAX_DERIVED_TILES tiles over
+    all slices: the compiler never builds one beyond, and the model does not offer one."""
+    import json
+
+    from conftest import make_profile
+
+    import maskc.analysis
+    from maskc import library
+
+    monkeypatch.setattr(maskc.analysis, "MAX_DERIVED_TILES", 40)  # 4 slices of 16 tiles at 64x64 (one slice would fit)
+    stack = library.stack([library.causal(256)] * 4)
+    with pytest.raises(MaskError, match="intervals plans may have at most 40 tiles over all their slices .* 64 tiles of 64x64 is more"):
+        maskc.compile(stack, block=64, variant="intervals")
+    with pytest.raises(MaskError, match="dense_causal plans may have at most 40 tiles"):
+        maskc.compile(stack, block=64, variant="dense_causal")
+    assert maskc.compile(library.causal(256), block=64, variant="intervals").variant == "intervals"
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    names = set(maskc.compile(stack, profile=str(tmp_path / "gpu.json")).predictions["candidates"])
+    assert names == {"block_sparse/64x64", "block_sparse/128x128", "intervals/128x128", "dense_causal"}  # 4 slices of 2x2 tiles fit at 128x128
