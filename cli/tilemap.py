@@ -6,13 +6,12 @@ says that it shows the tiles the kernels visit: those of the mask with its token
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from maskc.cli.errors import UserError
-from maskc.runtime.format import Plan, tile_map
+from maskc.runtime.format import Plan, atomic_path, tile_map
 
 MAX_PANELS = 8
 COLORS = ("#f4f4f4", "#1f4e79", "#e8912d")  # empty, full, partial
@@ -21,12 +20,10 @@ COLORS = ("#f4f4f4", "#1f4e79", "#e8912d")  # empty, full, partial
 def draw_tile_map(plan: Plan, path: Path) -> None:
     """Write a PNG of the plan's tile classes; needs the optional ``viz`` extra (matplotlib)."""
     fig = tile_map_figure(plan)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
-        tmp.unlink(missing_ok=True)
         _pyplot().close(fig)
 
 
