@@ -20,13 +20,10 @@ from triton.testing import do_bench
 
 import maskc
 from maskc import library
+from maskc.measure.reference import attention, rel_err
 from maskc.runtime import load_plan
 
 HEAD_DIM = 128
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.double() - want).norm() / want.norm()).item()
 
 
 def randn(*shape: int, gen: torch.Generator) -> torch.Tensor:
@@ -38,13 +35,8 @@ def accuracy(n: int = 4096, heads: int = 8, kv_heads: int = 2) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, do = randn(1, heads, n, HEAD_DIM, gen=gen), randn(1, heads, n, HEAD_DIM, gen=gen)
     k, v = randn(1, kv_heads, n, HEAD_DIM, gen=gen), randn(1, kv_heads, n, HEAD_DIM, gen=gen)
-    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    mask = torch.from_numpy(source.to_dense()[0, 0]).cuda()
-    k_rep, v_rep = (t.repeat_interleave(heads // kv_heads, 1) for t in (k64, v64))
-    scores = (q64 @ k_rep.transpose(-1, -2)) * HEAD_DIM**-0.5 + torch.where(mask, 0.0, float("-inf"))
-    o64 = torch.softmax(scores, -1) @ v_rep
-    o64.backward(do.double())
-    want = (o64, q64.grad, k64.grad, v64.grad)
+    ref = attention(q, k, v, source.to_dense()[0, 0], HEAD_DIM**-0.5, do)
+    want = (ref.out, ref.dq, ref.dk, ref.dv)
     rows = []
     for backward in ("pieces", "tiles"):
         loaded = load_plan(maskc.compile(source, block=128, variant="block_sparse", backward=backward), "cuda")

@@ -20,7 +20,7 @@ import torch
 import triton
 
 import maskc
-from maskc.bench import build_mask
+from maskc.measure.masks import build_mask
 from maskc.runtime import load_plan
 from maskc.runtime.kernels import config
 

@@ -1,7 +1,7 @@
 """``maskc bench``: time maskc against FlexAttention, SDPA with a mask and dense causal attention.
 
-torch is imported only when the command runs, so ``import maskc.cli.main`` stays light. The
-benchmark itself (mask set, timing, the float64 error check) is :mod:`maskc.bench`.
+The benchmark itself (mask set, timing, the float64 error check) is :mod:`maskc.measure.bench`,
+imported when the command runs, so ``import maskc.cli.main`` pays for neither it nor torch.
 """
 
 from __future__ import annotations
@@ -12,18 +12,24 @@ from pathlib import Path
 
 import click
 
-from maskc.bench import DEFAULT_MASKS, DTYPES, EXTRA_MASKS, BenchConfig, BenchError, parse_masks
+from maskc.cli.errors import UserError
 from maskc.cost import ProfileError
 from maskc.errors import MaskError
+from maskc.runtime.format import DTYPES
 
 
-class BenchUsageError(click.ClickException):
-    exit_code = 2
+class _MasksOption(click.Option):
+    """``--masks``, whose help lists the benchmark's masks, read from the mask set only when help is shown."""
+
+    def get_help_record(self, ctx: click.Context):
+        from maskc.measure.masks import DEFAULT_MASKS, EXTRA_MASKS
+
+        self.help = f"Comma-separated benchmark masks.  [default: {', '.join(DEFAULT_MASKS)}; also available: {', '.join(EXTRA_MASKS)}]"
+        return super().get_help_record(ctx)
 
 
 @click.command("bench")
-@click.option("--masks", default=",".join(DEFAULT_MASKS),
-              help=f"Comma-separated benchmark masks.  [default: {', '.join(DEFAULT_MASKS)}; also available: {', '.join(EXTRA_MASKS)}]")
+@click.option("--masks", cls=_MasksOption, help="Comma-separated benchmark masks.")
 @click.option("-n", "ns", type=int, multiple=True, help="Sequence length N; repeat for several.  [default: 8192 and 32768]")
 @click.option("--heads", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--kv-heads", type=click.IntRange(min=1), help="Key/value heads, dividing --heads (GQA/MQA).  [default: --heads]")
@@ -58,34 +64,35 @@ def bench(ns, quiet, json_path, **options) -> None:
     One process, one device. Prints a table (one row per mask x N x method) on stdout and
     progress on stderr; --json keeps everything, with the GPU, versions, date and command line.
     """
+    from maskc.compiler import parse_block_option
+    from maskc.cost import resolve_profile
+    from maskc.measure.masks import parse_masks
+
     try:
         options["masks"] = parse_masks(options["masks"])
-        from maskc.compiler import parse_block_option
-        from maskc.cost import resolve_profile
-
         parse_block_option(options["block"])
         resolve_profile(options["profile"])
     except (MaskError, ProfileError) as e:
-        raise BenchUsageError(str(e)) from None
+        raise UserError(str(e)) from None
     if options["kv_heads"] is not None and options["heads"] % options["kv_heads"]:
-        raise BenchUsageError(f"--kv-heads {options['kv_heads']} must divide --heads {options['heads']}")
+        raise UserError(f"--kv-heads {options['kv_heads']} must divide --heads {options['heads']}")
     if any(n < 1 for n in ns):
-        raise BenchUsageError(f"-n must be positive, got {min(ns)}")
+        raise UserError(f"-n must be positive, got {min(ns)}")
     if json_path is not None and not json_path.parent.is_dir():
-        raise BenchUsageError(f"--json: directory does not exist: {json_path.parent}")
-    cfg = BenchConfig(ns=list(ns) or [8192, 32768], **options)
+        raise UserError(f"--json: directory does not exist: {json_path.parent}")
 
-    from maskc.bench import format_table, run_bench  # imports torch
+    from maskc.measure.bench import BenchConfig, BenchError, run_bench  # imports torch
+    from maskc.measure.report import format_table
 
     def progress(line: str) -> None:
         if not quiet:
             click.echo(line, err=True)
 
-    command = _command_line(sys.argv)
+    cfg = BenchConfig(ns=list(ns) or [8192, 32768], **options)
     try:
-        result = run_bench(cfg, progress=progress, command=command, json_path=json_path)
+        result = run_bench(cfg, progress=progress, command=_command_line(sys.argv), json_path=json_path)
     except (BenchError, MaskError, ProfileError) as e:
-        raise BenchUsageError(str(e)) from None
+        raise UserError(str(e)) from None
     click.echo(format_table(result))
     if json_path is not None:
         click.echo(f"wrote {json_path}", err=True)

@@ -1,6 +1,7 @@
 """``maskc calibrate``: measure the cost model's constants on this machine's GPU and write its profile.
 
-torch is imported only when the command runs (through :mod:`maskc.calibrate`).
+The measuring and fitting are :mod:`maskc.measure.calibrate` and :mod:`maskc.measure.fit`,
+imported when the command runs, so ``import maskc.cli.main`` pays for neither them nor torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 
 from maskc import cost
 from maskc.cli.errors import UserError
-from maskc.runtime.format import atomic_write
+from maskc.runtime.format import DTYPES, atomic_write
 
 
 def _csv(kind, allowed=None):
@@ -38,11 +39,10 @@ def _csv(kind, allowed=None):
 @click.option("--quick", is_flag=True, help="Fewer, smaller measurements (GPU: bf16 and head dim 128 only, shorter timings).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the profile.  [default on a GPU: maskc/profiles/<GPU name>.json; required on a CPU]")
-@click.option("--dtypes", callback=_csv(str, cost.DTYPES), help="Comma-separated dtypes.  [default: bf16,fp16; fp32 on a CPU]")
+@click.option("--dtypes", callback=_csv(str, DTYPES), help="Comma-separated dtypes.  [default: bf16,fp16; fp32 on a CPU]")
 @click.option("--head-dims", callback=_csv(int), help="Comma-separated head dims.  [default: 64,128; 32 on a CPU]")
 @click.option("--blocks", callback=_csv(int, (64, 128)), help="Comma-separated square tile sizes.  [default: 64,128]")
-@click.option("--kernels", callback=_csv(str, cost.KERNELS),
-              help="Tile kernels to measure.  [default: block_sparse, and intervals when the backend runs it]")
+@click.option("--kernels", callback=_csv(str, cost.KERNELS), help=f"Tile kernels to measure.  [default: {','.join(cost.KERNELS)}]")
 @click.option("--backend", type=click.Choice(["auto", "triton", "reference"]), default="auto", show_default=True,
               help="maskc backend: auto = Triton on CUDA, the reference backend on a CPU.")
 @click.option("--only", "parts", callback=_csv(str, ("kernels", "reorder", "sdpa", "pieces")),
@@ -62,9 +62,6 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
     the backward through dense pieces, and fits the constants of maskc's cost model by least
     squares. The profile records the device, versions, date and fit residuals.
     """
-    from maskc.calibrate import CalibrateConfig, merge_profiles
-    from maskc.calibrate import calibrate as run
-
     if refit is not None:
         _refit(refit, output or refit)
         return
@@ -75,6 +72,10 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
         raise UserError("--output is required on a CPU, so a CPU profile never lands among the GPU profiles")
     if output is not None and not output.parent.is_dir():
         raise UserError(f"output directory does not exist: {output.parent}")
+
+    from maskc.measure.calibrate import CalibrateConfig, merge_profiles  # imports torch
+    from maskc.measure.calibrate import calibrate as run
+
     cfg = CalibrateConfig.for_device(device, quick)
     if backend != "auto":
         cfg.backend = backend
@@ -102,7 +103,7 @@ def calibrate(device: str, quick: bool, output: Path | None, dtypes, head_dims, 
 
 
 def _refit(source: Path, output: Path) -> None:
-    from maskc.calibrate import refit
+    from maskc.measure.fit import refit
 
     try:
         profile = refit(json.loads(source.read_text()))

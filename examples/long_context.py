@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 import maskc
-from maskc.bench import document_lengths, error_rows, mask_rows, reference_rows, rel_err
+from maskc.measure.masks import document_lengths
+from maskc.measure.reference import error_rows, reference_rows, rel_err
 from maskc.runtime import load_plan
 
 
@@ -88,8 +89,8 @@ def main() -> None:
     with torch.no_grad():
         out = loaded.attention(q, k, v)
     rows = error_rows(n, 16)
-    ref = reference_rows(q, k, v, rows, mask_rows(source, rows), dim**-0.5)
-    err = rel_err(out, ref, rows)
+    ref = reference_rows(q, k, v, source, rows, dim**-0.5)
+    err = rel_err(out.index_select(2, torch.as_tensor(rows, device=out.device)), ref)
 
     pairs = plan.visible_pairs * heads
     print(f"  B=1 H={heads} D={dim} bf16 on {torch.cuda.get_device_name()}: forward {fwd_ms:.2f} ms "

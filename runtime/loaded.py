@@ -174,11 +174,19 @@ except ImportError:  # pragma: no cover  (older torch)
     _SDPA_ORDER = None
 
 
-def _backend(name: str, q: torch.Tensor):
+def resolve_backend(name: str, on_cuda: bool) -> str:
+    """The backend ``name`` runs as for tensors on CUDA (``on_cuda``) or not: ``"triton"`` or
+    ``"reference"`` (``"auto"`` is Triton on CUDA, or anywhere under ``TRITON_INTERPRET=1``, else
+    the reference)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     if name == "auto":
-        name = "triton" if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+        return "triton" if on_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+    return name
+
+
+def _backend(name: str, q: torch.Tensor):
+    name = resolve_backend(name, q.is_cuda)
     if name == "reference":
         return reference
     from maskc.runtime import kernels

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from maskc import bench  # noqa: E402
 from maskc.cli.bench_cmd import bench as bench_cli  # noqa: E402
+from maskc.errors import MaskError  # noqa: E402
+from maskc.measure import adapters, bench, masks, report, timing  # noqa: E402
 
 TINY = dict(ns=[128], heads=2, head_dim=32, batch=1, dtype="fp32", device="cpu", backend="reference",
             flex=False, warmup_ms=1.0, rep_ms=3.0, rows_for_error=32)
@@ -49,7 +49,7 @@ def test_flops_follow_visible_pairs(result):
     assert maskc_causal["detail"]["visible_pairs"] == pairs
     flops = 4 * pairs * 32 * 2
     assert maskc_causal["fwd_tflops"] == pytest.approx(flops / (maskc_causal["fwd_ms"] * 1e-3) / 1e12)
-    assert maskc_causal["fwd_bwd_tflops"] == pytest.approx(bench.FWD_BWD_FLOP_FACTOR * flops / (maskc_causal["fwd_bwd_ms"] * 1e-3) / 1e12)
+    assert maskc_causal["fwd_bwd_tflops"] == pytest.approx(timing.FWD_BWD_FLOP_FACTOR * flops / (maskc_causal["fwd_bwd_ms"] * 1e-3) / 1e12)
 
 
 def test_json_has_environment_config_and_cases(result):
@@ -65,14 +65,14 @@ def test_json_has_environment_config_and_cases(result):
     assert sum(docs["params"]["lengths"]) == 128 and docs["visible_pairs"] > 0 and docs["compile_s"] >= 0
     assert len(lines) == len(res["results"]) + len(res["cases"])  # one line per row, one per compiled mask
     assert all(line.startswith("[") or line.startswith("  ") for line in lines)
-    table = bench.format_table(res)
+    table = report.format_table(res)
     assert "dense-causal" in table and "documents" in table and "fwd+bwd TFLOP/s" in table
 
 
 def test_a_failing_method_is_recorded_not_raised():
     cfg = bench.BenchConfig(**TINY)
-    inputs = bench._Inputs(cfg, 128, torch.device("cpu"))
-    row = bench.Row("causal", 128, "broken")
+    inputs = timing.Inputs(cfg, 128, torch.device("cpu"))
+    row = timing.Row("causal", 128, "broken")
 
     def boom(q, k, v):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
@@ -80,7 +80,7 @@ def test_a_failing_method_is_recorded_not_raised():
     def works(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    bench.measure(row, [("first", boom), ("second", works)], inputs, cfg, "cpu", 1e6)
+    timing.measure(row, [("first", boom), ("second", works)], inputs, cfg, "cpu", 1e6)
     assert row.fwd_ms is not None and row.fwd_bwd_ms is not None
     assert any("first failed: OutOfMemoryError: CUDA out of memory" in n for n in row.notes)
     assert "backend: second" in row.notes
@@ -88,60 +88,47 @@ def test_a_failing_method_is_recorded_not_raised():
 
 def test_mask_set_parameters_are_recorded():
     n = 8192
-    for name in bench.DEFAULT_MASKS:
-        case = bench.build_mask(name, n)
+    for name in masks.DEFAULT_MASKS:
+        case = masks.build_mask(name, n)
         assert case.source.shape == (1, 1, n, n) and case.params["n"] == n and case.description
-    assert bench.build_mask("medusa", n).params["tree_nodes"] == 2048
-    assert bench.build_mask("prefix_lm", n).params["prefix"] == n // 4
-    assert bench.document_lengths(n) == bench.build_mask("documents", n).params["lengths"]
-    lengths = bench.document_lengths(n)
+    assert masks.build_mask("medusa", n).params["tree_nodes"] == 2048
+    assert masks.build_mask("prefix_lm", n).params["prefix"] == n // 4
+    assert masks.document_lengths(n) == masks.build_mask("documents", n).params["lengths"]
+    lengths = masks.document_lengths(n)
     assert sum(lengths) == n and all(100 <= x <= 700 for x in lengths[:-1])
-    with pytest.raises(bench.MaskError, match="unknown benchmark mask"):
-        bench.parse_masks("causal,nope")
-    assert bench.parse_masks("sliding-window, token_tree") == ["sliding_window", "token_tree"]
+    with pytest.raises(MaskError, match="unknown benchmark mask"):
+        masks.parse_masks("causal,nope")
+    with pytest.raises(MaskError, match="unknown benchmark mask 'nope'"):
+        masks.build_mask("nope", n)
+    assert masks.parse_masks("sliding-window, token_tree") == ["sliding_window", "token_tree"]
+    assert masks.parse_masks(None) == list(masks.DEFAULT_MASKS)
 
 
-@pytest.mark.parametrize("name", bench.DEFAULT_MASKS + bench.EXTRA_MASKS)
+def test_the_mask_set_is_built_from_library_specs():
+    """Every benchmark mask but the permuted band is the library mask of a spec, named as the library names it."""
+    from maskc import library
+
+    case = masks.build_mask("documents", 3000, seed=2)
+    assert case.source.name == library.documents(case.params["lengths"], causal=True).name
+    for name in masks.DEFAULT_MASKS + ("hash_buckets",):
+        assert masks.build_mask(name, 640).source.name.split("(")[0] == name
+    assert isinstance(masks.build_mask("permuted_band", 640).source, masks.PermutedBand)
+
+
+@pytest.mark.parametrize("name", masks.DEFAULT_MASKS + masks.EXTRA_MASKS)
 def test_flex_mask_mods_match_the_library_masks(name):
     """Every FlexAttention mask_mod, closed-form or dense lookup, gives exactly the library's mask."""
     from torch.nn.attention.flex_attention import create_mask
 
     n = 640
-    case = bench.build_mask(name, n)
+    case = masks.build_mask(name, n)
     dense = torch.from_numpy(case.source.to_dense()[0, 0])
     for tree in ("dense", "interval"):
-        mod, kind = bench.flex_mask_mod(case, "cpu", dense, tree)
+        mod, kind = adapters.flex_mask_mod(case, "cpu", dense, tree)
         assert kind.startswith("closed-form") or kind == "dense lookup"
         assert torch.equal(create_mask(mod, 1, 1, n, n, device="cpu")[0, 0], dense), (name, kind)
     expected = "dense lookup" if name == "bigbird" or (name in ("medusa", "token_tree")) else "closed-form"
-    assert bench.flex_mask_mod(case, "cpu", dense)[1] == expected
-
-
-def test_reference_rows_match_a_dense_float64_softmax():
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 3, 96, 16, generator=gen) for _ in range(3))
-    source = bench.build_mask("documents", 96).source
-    rows = bench.error_rows(96, 10)
-    got = bench.reference_rows(q, k, v, rows, bench.mask_rows(source, rows), 0.25)
-    keep = torch.from_numpy(source.to_dense()[0, 0])
-    s = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~keep, -float("inf"))
-    want = (torch.softmax(s, -1) @ v.double())[:, :, torch.as_tensor(rows)]
-    assert torch.allclose(got, want, atol=1e-12)
-    spread = bench.error_rows(1000, 3)
-    assert len(spread) == 3 and spread[0] == 0 and spread[-1] == 999
-    assert np.array_equal(bench.error_rows(5, 256), np.arange(5))
-
-
-
-def test_reference_rows_with_grouped_key_value_heads():
-    gen = torch.Generator().manual_seed(1)
-    q = torch.randn(2, 4, 64, 16, generator=gen)
-    k, v = (torch.randn(2, 2, 64, 16, generator=gen) for _ in range(2))
-    source = bench.build_mask("causal", 64).source
-    rows = bench.error_rows(64, 8)
-    got = bench.reference_rows(q, k, v, rows, bench.mask_rows(source, rows), 0.25)
-    want = bench.reference_rows(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), rows, bench.mask_rows(source, rows), 0.25)
-    assert torch.equal(got, want)
+    assert adapters.flex_mask_mod(case, "cpu", dense)[1] == expected
 
 
 def run_cli(out, *options):
@@ -179,18 +166,26 @@ def test_cli_runs_on_cpu_and_writes_json(tmp_path):
 def test_cli_rejects_bad_options():
     runner = CliRunner()
     res = runner.invoke(bench_cli, ["--device", "cpu", "-n", "128", "--masks", "causal,bogus"])
-    assert res.exit_code == 2 and "unknown benchmark mask 'bogus'" in res.output
+    assert res.exit_code == 2 and res.output.startswith("Error: unknown benchmark mask 'bogus'") and len(res.output.splitlines()) == 1
     res = runner.invoke(bench_cli, ["--device", "cpu", "-n", "128", "--block", "100x100"])
     assert res.exit_code == 2 and "block size" in res.output
+    res = runner.invoke(bench_cli, ["--device", "cpu", "-n", "0"])
+    assert res.exit_code == 2 and "Error: -n must be positive, got 0" in res.output
 
 
-def test_cli_module_does_not_import_torch():
+def test_cli_help_lists_the_mask_set():
+    res = CliRunner().invoke(bench_cli, ["--help"])
+    assert res.exit_code == 0
+    assert f"[default: {', '.join(masks.DEFAULT_MASKS)}; also available: {', '.join(masks.EXTRA_MASKS)}]" in " ".join(res.output.split())
+
+
+def test_cli_module_imports_neither_the_benchmark_nor_torch():
     import subprocess
     import sys
 
-    code = "import sys, maskc.cli.bench_cmd; print('torch' in sys.modules)"
+    code = "import sys, maskc.cli.bench_cmd; print('torch' in sys.modules, 'maskc.measure' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
-    assert out == "False"
+    assert out == "False False"
 
 
 def test_predicted_next_to_measured_and_every_candidate_timed(tmp_path):
@@ -211,9 +206,9 @@ def test_predicted_next_to_measured_and_every_candidate_timed(tmp_path):
     assert set(rows) == {"maskc", "maskc:block_sparse/64x64", "maskc:block_sparse/128x128", "maskc:intervals/64x64", "maskc:intervals/128x128"}
     for method, r in rows.items():
         assert r["fwd_ms"] > 0 and r["rel_err"] < 1e-5 and r["detail"]["predicted"]["fwd_bwd_ms"] > 0, r
-    table = bench.format_table(res)
+    table = report.format_table(res)
     assert "pred fwd" in table and "pred f+b" in table and "maskc:intervals/64x64" in table
     # the issue's scattered band: the cost model reorders it
-    case = bench.build_mask("permuted_band", 2048)
+    case = masks.build_mask("permuted_band", 2048)
     plan = maskc.compile(case.source, profile=str(profile), workload=cost.Workload(heads=2, head_dim=32, dtype="fp32"))
     assert plan.reordered and cost.plan_candidate(plan).name.endswith("+rcm")

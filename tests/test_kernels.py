@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import maskc
-from maskc.bench import build_mask
+from maskc.measure.masks import build_mask
+from maskc.measure.reference import attention as dense_reference
+from maskc.measure.selfcheck import causal, documents, patch_interpreter_bf16_dot, sliding_window
 from maskc.runtime import load_plan
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.kernels import backward, common, config, forward
-from maskc.runtime.kernels.selfcheck import causal, dense_reference, documents, patch_interpreter_bf16_dot, sliding_window
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tests run the kernels in the Triton interpreter")
 

@@ -6,8 +6,9 @@ produce o = 0, lse = +inf and zero gradients. Launch configurations come from
 :mod:`maskc.runtime.kernels.config` (a static table, no autotuning).
 
 Modules: ``fwd`` (forward kernel), ``bwd`` (dQ kernel, which also computes delta, then dK/dV), ``common``
-(bitmap/interval readers, masked loads, input checks), ``config`` (launch table), ``selfcheck``
-(GPU accuracy check against float64), ``aotcheck`` (ahead-of-time compile check, no GPU needed).
+(bitmap/interval readers, masked loads, input checks), ``config`` (launch table), ``aotcheck``
+(ahead-of-time compile check, no GPU needed). Their GPU accuracy check against float64 is
+``python -m maskc.measure.selfcheck``.
 """
 
 from maskc.runtime.kernels.bwd import backward

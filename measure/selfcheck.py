@@ -1,16 +1,17 @@
-"""GPU self-check of the block-sparse kernels against a float64 dense softmax reference.
+"""GPU self-check of the tile kernels against the float64 reference.
 
-    python -m maskc.runtime.kernels.selfcheck            # on a CUDA machine
-    python -m maskc.runtime.kernels.selfcheck --quick    # fewer, smaller cases
-    TRITON_INTERPRET=1 python -m maskc.runtime.kernels.selfcheck --quick --device cpu
+    python -m maskc.measure.selfcheck            # on a CUDA machine
+    python -m maskc.measure.selfcheck --quick    # fewer, smaller cases
+    TRITON_INTERPRET=1 python -m maskc.measure.selfcheck --quick --device cpu
 
-Prints one line per case: the relative error (max |x - ref| / max |ref|) of o, dq, dk, dv and the
-absolute error of lse (over rows with a visible key; inf if the empty rows' lse is not exactly +inf),
-and PASS/FAIL against a per-dtype tolerance (outputs must also be finite). Cases cover bitmap and
-interval plans, bf16/fp16/fp32, D = 32/64/96/128/256, GQA/MQA, per-head and per-batch masks, ragged
-and cross-attention lengths, strided inputs and every tile shape. A case whose kernel
-fails to compile or launch is reported as ERROR with the exception and the run goes on. The exit
-status is 1 if any case failed.
+Prints one line per case: the relative error (:func:`maskc.measure.reference.rel_err`, relative
+Frobenius) of o, dq, dk, dv and the absolute error of lse (over rows with a visible key; inf if the
+empty rows' lse is not exactly +inf), and PASS/FAIL against a per-dtype tolerance (outputs must
+also be finite). Cases cover bitmap and interval plans, bf16/fp16/fp32, D = 32/64/96/128/256,
+GQA/MQA, per-head and per-batch masks, ragged and cross-attention lengths, strided inputs and every
+tile shape; their masks are the library's (random ones and holes aside). A case whose kernel fails
+to compile or launch is reported as ERROR with the exception and the run goes on. The exit status
+is 1 if any case failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import traceback
 
 import numpy as np
 import torch
+
+import maskc
+from maskc import library
+from maskc.measure.reference import attention, rel_err
+from maskc.runtime import kernels
+from maskc.runtime.device import DevicePlan
 
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 
@@ -56,26 +63,32 @@ def patch_interpreter_bf16_dot() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# masks (numpy, [Nq, Nk] / [H, Nq, Nk] / [B, H, Nq, Nk] booleans)
+# masks: library masks as dense [Nq, Nk] arrays (the kernel tests build theirs here too)
 # --------------------------------------------------------------------------------------------------
 
 def causal(nq: int, nk: int) -> np.ndarray:
-    """Bottom-right aligned causal mask (query i sees keys <= i + nk - nq)."""
-    return np.arange(nk)[None, :] <= np.arange(nq)[:, None] + (nk - nq)
+    """The causal mask, bottom-right aligned (query i sees keys <= i + nk - nq)."""
+    n = max(nq, nk)
+    return library.causal(n).to_dense()[0, 0][n - nq:, n - nk:]
 
 
 def sliding_window(nq: int, nk: int, window: int) -> np.ndarray:
-    i, j = np.arange(nq)[:, None], np.arange(nk)[None, :]
-    return (j <= i) & (j > i - window)
+    """The causal sliding window (query i sees keys i - window < j <= i)."""
+    n = max(nq, nk)
+    return library.sliding_window(n, window, causal=True).to_dense()[0, 0][:nq, :nk]
 
 
 def documents(n: int, lengths: list[int], causal_within: bool = True) -> np.ndarray:
-    ids = np.repeat(np.arange(len(lengths)), lengths)[:n]
-    ids = np.concatenate([ids, np.full(n - ids.size, len(lengths))])
-    mask = ids[:, None] == ids[None, :]
-    if causal_within:
-        mask &= np.arange(n)[None, :] <= np.arange(n)[:, None]
-    return mask
+    """Packed documents over ``n`` tokens: ``lengths`` cut at ``n``, the tokens after them one more document."""
+    packed, total = [], 0
+    for length in lengths:
+        length = min(length, n - total)
+        if length:
+            packed.append(length)
+            total += length
+    if total < n:
+        packed.append(n - total)
+    return library.documents(packed, causal=causal_within).to_dense()[0, 0]
 
 
 def random_mask(shape, density: float, seed: int) -> np.ndarray:
@@ -93,43 +106,8 @@ def with_holes(mask: np.ndarray, seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# float64 dense reference
+# one case
 # --------------------------------------------------------------------------------------------------
-
-def dense_reference(q, k, v, mask: torch.Tensor, scale: float, do=None):
-    """Masked softmax attention in float64, with autograd for the gradients.
-
-    ``mask`` is bool ``[Bm, Hm, Nq, Nk]`` (broadcast over batch/heads where 1). Rows with no visible
-    key give o = 0, lse = +inf and zero gradients. K/V heads are repeated for GQA, so dk/dv come out
-    summed over each group. Returns ``(o, lse, dq, dk, dv)`` (gradients None when ``do`` is None).
-    """
-    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_(do is not None) for t in (q, k, v))
-    group = q.shape[1] // k.shape[1]
-    kk = k64.repeat_interleave(group, dim=1)
-    vv = v64.repeat_interleave(group, dim=1)
-    mask = mask.to(q.device)
-    s = scale * q64 @ kk.transpose(-1, -2)
-    s_vis = torch.where(mask, s, torch.zeros((), dtype=s.dtype, device=s.device))
-    row_max = torch.where(mask, s, torch.full((), -math.inf, dtype=s.dtype, device=s.device)).amax(-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
-    e = torch.exp(s_vis - row_max) * mask
-    l = e.sum(-1, keepdim=True)
-    empty = l == 0
-    p = e / torch.where(empty, torch.ones_like(l), l)
-    o = p @ vv
-    lse = torch.where(empty, torch.full_like(l, math.inf), torch.log(torch.where(empty, torch.ones_like(l), l)) + row_max)[..., 0]
-    if do is None:
-        return o.detach(), lse.detach(), None, None, None
-    dq, dk, dv = torch.autograd.grad(o, (q64, k64, v64), do.to(torch.float64))
-    return o.detach(), lse.detach(), dq, dk, dv
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.detach().to(torch.float64), ref.detach().to(torch.float64)
-    denom = ref.abs().max().item()
-    diff = (x - ref).abs().max().item() if x.numel() else 0.0
-    return diff / denom if denom > 0 else diff
-
 
 def lse_err(lse: torch.Tensor, ref: torch.Tensor) -> float:
     """Max abs error of lse on rows with visible keys; inf if the empty rows are not exactly +inf."""
@@ -140,18 +118,10 @@ def lse_err(lse: torch.Tensor, ref: torch.Tensor) -> float:
     return (lse[~empty] - ref[~empty]).abs().max().item() if (~empty).any() else 0.0
 
 
-# --------------------------------------------------------------------------------------------------
-# one case
-# --------------------------------------------------------------------------------------------------
-
 def run_case(mask_np: np.ndarray, *, B: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, block, device,
              scale: float | None = None, backward: bool = True, seed: int = 0, layout: str = "bhnd",
              variant: str = "block_sparse") -> dict:
     """Compile ``mask_np``, run the kernels, compare with the reference; return the error row."""
-    import maskc
-    from maskc.runtime.device import DevicePlan
-    from maskc.runtime import kernels
-
     plan = maskc.compile(mask_np, block=block, variant=variant, reorder="none")  # launch order: the compiler's default
     dplan = DevicePlan.from_plan(plan, device)
     nq, nk = plan.q_len, plan.kv_len
@@ -166,15 +136,14 @@ def run_case(mask_np: np.ndarray, *, B: int, Hq: int, Hkv: int, D: int, dtype: t
         v = torch.randn(B, Hkv, nk, D, generator=gen).to(device, dtype)
     do = torch.randn(B, Hq, nq, D, generator=gen).to(device, dtype)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    mask = torch.from_numpy(plan.to_mask())
-    o_ref, lse_ref, dq_ref, dk_ref, dv_ref = dense_reference(q, k, v, mask, scale, do if backward else None)
+    ref = attention(q, k, v, plan.to_mask(), scale, do if backward else None)
 
     o, lse = kernels.forward(q, k, v, dplan, scale)
-    row = {"o": rel_err(o, o_ref), "lse": lse_err(lse, lse_ref)}
+    row = {"o": rel_err(o, ref.out), "lse": lse_err(lse, ref.lse)}
     outs = [o, lse.masked_fill(torch.isposinf(lse), 0)]
     if backward:
         dq, dk, dv = kernels.backward(do, q, k, v, o, lse, dplan, scale)
-        row.update(dq=rel_err(dq, dq_ref), dk=rel_err(dk, dk_ref), dv=rel_err(dv, dv_ref))
+        row.update(dq=rel_err(dq, ref.dq), dk=rel_err(dk, ref.dk), dv=rel_err(dv, ref.dv))
         outs += [dq, dk, dv]
         if not (dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape):
             row["shape"] = False
