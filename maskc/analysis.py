@@ -64,8 +64,8 @@ class Analysis:
         return intervals_sha256(self.shape, self.vectors)
 
     def mask_hash(self) -> tuple[str, str]:
-        """``(hash, hash_of)``: the interval hash when the mask fits that form (the same from a spec
-        and from a dense file), else the hash of its bits."""
+        """``(hash, hash_of)``: the interval hash when the analysis has the mask's interval vectors (the
+        same from a spec and from a dense file), else the hash of its bits."""
         return (self.intervals_sha256(), "intervals") if self.vectors is not None else (self.bits_sha256, "bits")
 
 
@@ -136,7 +136,10 @@ def _for_fixed_rules(source: MaskSource, options: CompileOptions, stages: Stages
         elif variant in ("auto", "block_sparse"):
             builder = BitmapBuilder(source.shape, *block)
             sinks = [builder]
-        scan = read_rows(source, block[0], stages.stage(0), sinks)
+        # the interval form is looked for only where it can change the plan (following every column
+        # of a mask that fits costs several times the read itself)
+        track = not rcm and (variant != "block_sparse" or options.backward == "pieces")
+        scan = read_rows(source, block[0], stages.stage(0), sinks, track=track)
         analysis = Analysis(source, options, scan.intervals, scan.failure, scan.visible, scan.bits_sha256)
         if rcm:
             from maskc.reorder import Reordering
