@@ -52,7 +52,7 @@ def shard(source: Path, ranks: int, block: str, strategy: str, profile_name: str
 
 
 def _human(source: Path, r: dict) -> str:
-    from maskc.cli.main import _bytes
+    from maskc.cli.files import human_bytes as _bytes
 
     unit = r["unit"]
     basis = (f"profile {r['profile']}, {r['kernel']}, B={r['workload']['batch']} H={r['workload']['heads']} D={r['workload']['head_dim']} "

@@ -1,7 +1,7 @@
 """maskc: an ahead-of-time compiler for attention masks.
 
-This module stays lazy: ``import maskc.runtime`` in a training job must not pay for scipy, networkx
-or the compiler, so the compiler's names are imported on first use.
+This module stays lazy: ``import maskc.runtime`` in a training job must not pay for scipy or the
+compiler, so the compiler's names are imported on first use.
 """
 
 __version__ = "0.1.0"

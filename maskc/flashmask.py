@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from maskc.compiler import detect_intervals
 from maskc.errors import MaskError
 from maskc.intervals import canonical
-from maskc.runtime.format import Plan
-from maskc.runtime.format import LTE, LTS, UTE, UTS
+from maskc.runtime.format import LTE, LTS, UTE, UTS, Plan
+from maskc.scan import detect_intervals
 from maskc.sources import IntervalSource, MaskSource, PlanSource
 
 

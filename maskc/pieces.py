@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskc.runtime.format import MAX_PIECES, PIECE_FIELDS
-from maskc.runtime.format import LTE, LTS, UTE, UTS
+from maskc.runtime.format import LTE, LTS, MAX_PIECES, PIECE_FIELDS, UTE, UTS
 
 __all__ = ["MAX_PIECES", "PIECE_FIELDS", "find_pieces"]
 

@@ -24,13 +24,19 @@ about 8.4M, a few tens of MB. Whether a permutation is kept is the cost model's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from maskc.bitmaps import BitmapBuilder
 from maskc.errors import MaskError
 from maskc.runtime.format import inverse_permutation
+from maskc.scan import Progress, read_rows
 from maskc.sources import MaskSource
+from maskc.work import is_count
 
 MAX_REORDER_PAIRS = 1 << 25  # visible pairs (summed over slices) beyond which no pattern is built
 
@@ -122,3 +128,55 @@ class PermutedSource(MaskSource):
         row = np.repeat(np.arange(stop - start), np.diff(picked.indptr))
         out[row, self._inverse[picked.indices]] = True
         return out
+
+
+@dataclass(frozen=True)
+class Reordering:
+    """An RCM permutation of a mask and the permuted mask as a source."""
+
+    perm: np.ndarray
+    source: PermutedSource
+    bandwidth_before: int
+    bandwidth_after: int
+
+    @classmethod
+    def of(cls, original: MaskSource, patterns: list[sp.csr_array]) -> "Reordering":
+        perm = rcm_permutation(patterns)
+        permuted = PermutedSource(patterns, perm, original.shape, original.name)
+        return cls(perm, permuted, bandwidth(patterns), bandwidth(patterns, perm))
+
+    def arrays(self, block: tuple[int, int], progress: Progress | None) -> dict[str, np.ndarray]:
+        """The block-sparse arrays of the permuted mask (read from its rows) and the permutation."""
+        builder = BitmapBuilder(self.source.shape, *block)
+        read_rows(self.source, block[0], progress, [builder], track=False)
+        return {**builder.arrays(), "perm": self.perm}
+
+    def record(self, before: np.ndarray, after: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The plan's ``options.reorder``: the tiles visited before (``before``: the original mask's
+        tile classes) and after (the permuted ``after`` lists), and the bandwidths."""
+        full = int(after["row_full"].sum(dtype=np.int64))
+        return {
+            "method": "rcm",
+            "tiles_before": {"full": int((before == 1).sum()), "partial": int((before == 2).sum())},
+            "tiles_after": {"full": full, "partial": int(after["row_col"].shape[0]) - full},
+            "bandwidth_before": self.bandwidth_before,
+            "bandwidth_after": self.bandwidth_after,
+        }
+
+
+def shown_record(record: Any) -> dict[str, Any]:
+    """What can be shown of a plan's ``options.reorder`` (plain data from a file): the fields of
+    :meth:`Reordering.record` that are well-formed, never raising."""
+    if not isinstance(record, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(record.get("method"), str):
+        out["method"] = record["method"]
+    for name in ("tiles_before", "tiles_after"):
+        tiles = record.get(name)
+        if isinstance(tiles, dict) and all(is_count(tiles.get(k)) for k in ("full", "partial")):
+            out[name] = {"full": tiles["full"], "partial": tiles["partial"]}
+    for name in ("bandwidth_before", "bandwidth_after"):
+        if is_count(record.get(name)):
+            out[name] = record[name]
+    return out

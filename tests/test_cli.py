@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from maskc.cli.main import cli
 
@@ -194,3 +196,179 @@ def test_predictions_through_the_cli(runner, tmp_path):
     none = compile_ok(runner, causal, plan, "--no-cache").output
     assert "block_sparse" in none and "predicted" not in none
     assert "predicted   none: no cost-model profile" in runner.invoke(cli, ["inspect", str(plan)]).output
+
+
+def test_compile_encodes_and_validates_the_plan_once(runner, mask_file, tmp_path, monkeypatch):
+    import maskc.runtime.format.codec as fmt
+
+    calls = []
+    validate = fmt.validate
+    monkeypatch.setattr(fmt, "validate", lambda plan: calls.append(1) or validate(plan))
+    for flag, expected in (("--no-cache", 1), ("--cache", 1), ("--cache", 1)):  # a miss encodes, a hit decodes: once each
+        calls.clear()
+        compile_ok(runner, mask_file, tmp_path / f"m{flag}.plan", flag)
+        assert len(calls) == expected, flag
+    (entry,) = (tmp_path / "cache").glob("*.plan")
+    assert (tmp_path / "m--cache.plan").read_bytes() == (tmp_path / "m--no-cache.plan").read_bytes() == entry.read_bytes()
+
+
+def test_an_unwritable_cache_warns_in_one_line_and_the_plan_is_written(runner, mask_file, tmp_path, monkeypatch):
+    (tmp_path / "blocker").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("MASKC_CACHE_DIR", str(tmp_path / "blocker" / "cache"))
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and result.stderr.startswith("Warning: plan cache: cannot write ") and len(result.stderr.splitlines()) == 1
+    assert "Not a directory; the plan was not cached" in result.stderr
+    compile_ok(runner, mask_file, tmp_path / "n.plan", "--no-cache")
+    assert (tmp_path / "m.plan").read_bytes() == (tmp_path / "n.plan").read_bytes()
+
+
+def test_a_full_disk_names_the_output(runner, mask_file, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import maskc.runtime.format.files as fmt
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fmt.os, "fsync", full)
+    result = runner.invoke(cli, ["compile", str(mask_file), "-o", str(tmp_path / "m.plan"), "--no-cache"])
+    assert_user_error(result, f"No space left on device: {tmp_path / 'm.plan'}")
+    assert not list(tmp_path.glob("*m.plan*"))
+
+
+def test_a_device_is_not_read_as_a_plan(runner, tmp_path):
+    for args in (["inspect", "/dev/zero"], ["verify", "/dev/zero", "/dev/zero"], ["export", "/dev/zero", "--flashmask", "-o", str(tmp_path / "x.npy")]):
+        assert_user_error(runner.invoke(cli, args), "/dev/zero: not a regular file")
+
+
+JUNK = [
+    None, 3, "text", [1, [2, {"x": None}]], {"candidates": [1, 2]}, {"candidates": {"a": 5, "b": {"fwd_ms": "fast"}}},
+    {"candidates": {"a": {"fwd_ms": 1.0}}, "chosen": "a"}, {"candidates": {"a": {"fwd_ms": 1.0, "fwd_bwd_ms": True}}, "workload": [1, 2]},
+    {"profile": {"name": 1}, "objective": 7, "note": ["x"], "workload": {"batch": [1], "heads": "many"}, "candidates": {}},
+    {"workload": "B=1", "candidates": {"a": {"variant": "block_sparse", "block": [64, 64], "reordered": False, "work": {}}}},
+]
+plain = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+                         ["candidates", "chosen", "workload", "profile", "objective", "note", "fwd_ms", "fwd_bwd_ms", "tiles_before", "tiles_after",
+                          "full", "partial", "method", "bandwidth_before", "bandwidth_after", "block_sparse/32x32+rcm"]), inner, max_size=4),
+                     max_leaves=12)
+
+
+@pytest.fixture(scope="module")
+def reordered_plan():
+    order = np.random.default_rng(0).permutation(128)
+    band = (np.abs(np.arange(128)[:, None] - np.arange(128)[None, :]) < 4)[order][:, order]
+    import maskc
+
+    return maskc.compile(band, block=32, reorder="rcm")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(predictions=plain | st.sampled_from(JUNK), reorder=plain | st.sampled_from(JUNK))
+def test_inspect_shows_odd_metadata_of_an_accepted_plan(reordered_plan, predictions, reorder):
+    """Whatever plain data a plan's predictions and reordering record hold, the summary, its JSON
+    and its text come out (showing what reads) instead of a traceback."""
+    from dataclasses import replace
+
+    from maskc.cli.inspect_cmd import _human, summary
+    from maskc.runtime.format import decode
+
+    if not isinstance(predictions, dict):
+        predictions = {"candidates": predictions}
+    plan = decode(replace(reordered_plan, predictions=predictions, options={"block": [32, 32], "reorder": reorder}).to_bytes())
+    info = summary(plan, 1000)
+    json.loads(json.dumps(info))
+    text = _human("p.plan", info)
+    assert "reordered   " in text and "mask hash" in text
+
+
+@pytest.mark.parametrize("predictions", JUNK[4:])
+def test_inspect_re_evaluates_odd_predictions_or_says_why_not(runner, tmp_path, reordered_plan, predictions):
+    from dataclasses import replace
+
+    from conftest import make_profile
+
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    path = tmp_path / "odd.plan"
+    path.write_bytes(replace(reordered_plan, predictions=predictions).to_bytes())
+    for extra in ([], ["--json"]):
+        result = runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json"), *extra])
+        assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
+        if result.exit_code == 2:
+            assert_user_error(result, "")
+
+
+def test_inspect_profile_none_shows_the_recorded_predictions(runner, tmp_path, monkeypatch):
+    from conftest import make_profile
+
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps(make_profile()))
+    causal = tmp_path / "causal.npy"
+    np.save(causal, np.tri(256, dtype=bool))
+    plan = tmp_path / "c.plan"
+    compile_ok(runner, causal, plan, "--profile", str(profile))
+    human = runner.invoke(cli, ["inspect", str(plan), "--profile", "none"])
+    assert human.exit_code == 0, human.output
+    assert "predicted   profile Test GPU, B=1 H=16 D=128 bf16, objective fwd_bwd\n" in human.output
+    assert "note: --profile none: no profile, so the recorded predictions are not re-evaluated" in human.output
+    info = json.loads(runner.invoke(cli, ["inspect", str(plan), "--json", "--profile", "None"]).output)
+    assert info["reevaluated"] == {"profile": None, "note": "--profile none: no profile, so the recorded predictions are not re-evaluated"}
+
+
+def test_cache_ls_shows_bad_entries(runner, mask_file, tmp_path):
+    compile_ok(runner, mask_file, tmp_path / "m.plan")
+    cache_dir = tmp_path / "cache"
+    (cache_dir / f"{'a' * 64}.plan").mkdir()
+    (cache_dir / f"{'b' * 64}.plan").write_bytes(b"not a plan" * 10)
+    (cache_dir / f"{'c' * 64}.plan").symlink_to("/dev/zero")
+    result = runner.invoke(cli, ["cache", "ls"])
+    assert result.exit_code == 0, result.output
+    shown = {line[:16]: line.split("  ")[-1] for line in result.output.splitlines()}
+    assert len(shown) == 4 and sum("1x1x300x300 block 128x128 block_sparse" == what for what in shown.values()) == 1
+    assert (shown["a" * 16], shown["b" * 16], shown["c" * 16]) == ("bad entry, dropped on next use: not a regular file",
+                                                                   "bad entry, dropped on next use: not a maskc plan: bad magic bytes",
+                                                                   "bad entry, dropped on next use: not a regular file")
+    assert "removed 3 plans" in runner.invoke(cli, ["cache", "clear"]).output  # the directory is left
+    assert [p.name for p in cache_dir.iterdir()] == [f"{'a' * 64}.plan"]
+
+
+@pytest.mark.parametrize("case", ["small", "long title", "reordered"])
+def test_tile_map_ticks_title_and_order(case, reordered_plan):
+    pytest.importorskip("matplotlib")
+    import maskc
+    from maskc import library
+    from maskc.cli.tilemap import tile_map_figure
+
+    plan = {"small": lambda: maskc.compile(library.causal(96), block=32),
+            "long title": lambda: maskc.compile({"kind": "causal", "n": 40000}, block=32, variant="intervals"),
+            "reordered": lambda: reordered_plan}[case]()
+    fig = tile_map_figure(plan)
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    for ax in axes:
+        for ticks, (lo, hi) in ((ax.get_xticks(), ax.get_xlim()), (ax.get_yticks(), sorted(ax.get_ylim()))):
+            shown = [t for t in ticks if lo <= t <= hi]
+            assert shown and all(float(t).is_integer() for t in shown), ticks  # whole tiles only
+    title = fig._suptitle.get_window_extent(renderer)
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    assert all(title.y0 > ax.get_tightbbox(renderer).y1 for ax in axes)  # above every panel, its title included
+    reordered = "reordered" in axes[0].get_xlabel() and "reordered (RCM)" in fig._suptitle.get_text()
+    assert reordered == (case == "reordered")
+    if case == "long title":
+        assert "\n" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("workload, message", [([1, 2], "the plan's recorded workload is not a map"),
+                                               ({"batch": [1], "heads": 16}, "workload batch must be a positive integer")])
+def test_a_recorded_workload_that_is_not_one_is_a_user_error(runner, tmp_path, reordered_plan, workload, message):
+    from dataclasses import replace
+
+    from conftest import make_profile
+
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    path = tmp_path / "odd.plan"
+    path.write_bytes(replace(reordered_plan, predictions={"workload": workload, "candidates": {}}).to_bytes())
+    assert_user_error(runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json")]), message)
+    assert runner.invoke(cli, ["inspect", str(path), "--profile", str(tmp_path / "gpu.json"), "--workload", "batch=2"]).exit_code == 0

@@ -141,3 +141,93 @@ def test_causal_16384_npy_compiles_in_bounded_memory(tmp_path):
     # The writing phase itself may touch the file's pages; only growth during the compile counts.
     growth_mib = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split()[-1])
     assert growth_mib < 96, f"compile grew resident memory by {growth_mib} MiB for a 256 MiB mask"
+
+
+def test_options_are_parsed_once_into_a_frozen_object(tmp_path):
+    import dataclasses
+
+    from maskc.options import CompileOptions
+    from maskc.profile import ProfileError, Workload
+
+    explicit = CompileOptions.of(block="64x32", variant="block_sparse", profile="No Such GPU")  # an explicit block reads no profile
+    assert explicit.block == (64, 32) and explicit.profile is None and not explicit.modelled and explicit.fixed_block == (64, 32)
+    assert explicit.cache_fields() == {"block": [64, 32], "variant": "block_sparse", "reorder": "auto", "schedule": "lpt", "backward": "auto"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        explicit.variant = "intervals"
+    with pytest.raises(ProfileError, match="no profile for 'No Such GPU'"):
+        CompileOptions.of(profile="No Such GPU")
+    auto = CompileOptions.of(workload=Workload(head_dim=64), objective="fwd")
+    assert auto.profile is None and auto.fixed_block == (128, 128) and auto.passes == 1  # MASKC_PROFILE=none in the tests
+    assert auto.cache_fields() == {"block": "auto", "variant": "auto", "reorder": "auto", "schedule": "lpt", "backward": "auto", "profile": None,
+                                   "workload": Workload(head_dim=64).as_dict(), "objective": "fwd"}
+    for bad, message in (({"reorder": "sometimes"}, "reorder 'sometimes' is not one of auto, rcm, none"),
+                         ({"schedule": "fifo"}, "schedule 'fifo' is not one of lpt, none"),
+                         ({"backward": "cudnn"}, "backward 'cudnn' is not one of auto, tiles, pieces")):
+        with pytest.raises(MaskError, match=message):
+            CompileOptions.of(**bad)
+
+
+class CountingSource(maskc.MaskSource):
+    """A dense mask that counts the rows read from it."""
+
+    def __init__(self, array: np.ndarray):
+        from maskc.sources import ArraySource
+
+        self.inner = ArraySource(array, "counted")
+        self.shape, self.name, self.read = self.inner.shape, "counted", 0
+
+    def rows(self, b, h, start, stop):
+        self.read += stop - start
+        return self.inner.rows(b, h, start, stop)
+
+    def passes(self) -> float:
+        return self.read / (self.batch * self.heads * self.q_len)
+
+
+@pytest.mark.parametrize("options, fits, passes", [
+    ({"block": 64}, False, 1), ({"block": 64, "backward": "pieces"}, True, 1), ({"block": 64, "reorder": "rcm"}, False, 1),
+    ({"block": 64, "variant": "dense_causal"}, True, 1), ({"model": True}, False, 2), ({"model": True}, True, 1),
+])
+def test_a_compile_reads_the_mask_at_most_twice_and_a_hit_once(tmp_path, options, fits, passes):
+    """Once without the model (the reordering reads its own pattern, not the mask), twice with it
+    when a block-sparse plan from rows wins; a cache hit reads it once, to know what it is."""
+    import json
+
+    from conftest import make_profile
+
+    from maskc.cache import PlanCache
+
+    if options.pop("model", False):
+        (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+        options["profile"] = str(tmp_path / "gpu.json")
+    if fits:
+        mask = np.tri(300, dtype=bool)
+    else:
+        mask = np.random.default_rng(0).random((300, 300)) < 0.05
+    source = CountingSource(mask)
+    plan, hit = PlanCache(tmp_path / "cache").compile(source, **options)
+    assert not hit and source.passes() == passes and plan.to_bytes() == maskc.compile(mask, **options).to_bytes()
+    source.read = 0
+    assert PlanCache(tmp_path / "cache").compile(source, **options)[1] and source.passes() == 1
+
+
+def test_interval_and_dense_plans_stay_within_the_tiles_a_reader_derives(tmp_path, monkeypatch):
+    """The reader derives an interval or dense plan's lists for at most MAX_DERIVED_TILES tiles over
+    all slices: the compiler never builds one beyond, and the model does not offer one."""
+    import json
+
+    from conftest import make_profile
+
+    import maskc.analysis
+    from maskc import library
+
+    monkeypatch.setattr(maskc.analysis, "MAX_DERIVED_TILES", 40)  # 4 slices of 16 tiles at 64x64 (one slice would fit)
+    stack = library.stack([library.causal(256)] * 4)
+    with pytest.raises(MaskError, match="intervals plans may have at most 40 tiles over all their slices .* 64 tiles of 64x64 is more"):
+        maskc.compile(stack, block=64, variant="intervals")
+    with pytest.raises(MaskError, match="dense_causal plans may have at most 40 tiles"):
+        maskc.compile(stack, block=64, variant="dense_causal")
+    assert maskc.compile(library.causal(256), block=64, variant="intervals").variant == "intervals"
+    (tmp_path / "gpu.json").write_text(json.dumps(make_profile()))
+    names = set(maskc.compile(stack, profile=str(tmp_path / "gpu.json")).predictions["candidates"])
+    assert names == {"block_sparse/64x64", "block_sparse/128x128", "intervals/128x128", "dense_causal"}  # 4 slices of 2x2 tiles fit at 128x128

@@ -1,5 +1,5 @@
-"""The cost model: profiles load or refuse clearly, and the compiler picks, records and falls back as
-documented."""
+"""The cost model: predictions follow the model, profiles load or refuse clearly, and the compiler
+picks, records and falls back as documented."""
 
 from __future__ import annotations
 

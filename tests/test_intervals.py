@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 import maskc
 from maskc import library
+from maskc.bitmaps import bitmap_plan
 from maskc.cache import PlanCache
-from maskc.compiler import AUTO_PAIRS, bitmap_plan, detect_intervals, fingerprint
+from maskc.choice import AUTO_PAIRS
 from maskc.errors import MaskError
 from maskc.flashmask import from_startend_row_indices, to_startend_row_indices
 from maskc.intervals import canonical, intervals_sha256
-from maskc.runtime.format import decode, tile_map
-from maskc.runtime.format import masked_pairs, tile_classes, visible_rows
+from maskc.runtime.format import decode, masked_pairs, tile_classes, tile_map, visible_rows
+from maskc.scan import detect_intervals, fingerprint
 from maskc.sources import ArraySource, IntervalSource, MaskSource
 
 BLOCKS = [(32, 32), (64, 32), (32, 64), (64, 64)]
@@ -314,7 +315,7 @@ def test_device_plan_carries_the_intervals():
     plan = maskc.compile(library.causal(100), block=(32, 32), variant="intervals")
     dplan = DevicePlan.from_plan(plan)
     assert dplan.variant == "intervals" and dplan.intervals.dtype == torch.int32
-    assert torch.equal(dplan.intervals, torch.from_numpy(plan.arrays["intervals"]))
+    assert torch.equal(dplan.intervals, torch.from_numpy(np.array(plan.arrays["intervals"])))
     assert dplan.bitmaps.shape == (0, 32, 1) and int(dplan.row_tile.min()) == -2
     bitmap = DevicePlan.from_plan(maskc.compile(library.causal(100), block=(32, 32), variant="block_sparse"))
     assert bitmap.variant == "block_sparse" and bitmap.intervals.shape == (0, 4, 100)
