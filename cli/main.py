@@ -22,6 +22,7 @@ from maskc.cli.errors import UserError
 from maskc.cli.files import check_output_dir, human_bytes, write_file
 from maskc.cli.inspect_cmd import inspect
 from maskc.cli.mask_cmd import mask
+from maskc.cli.shard_cmd import shard
 from maskc.errors import MaskError
 from maskc.profile import ProfileError
 from maskc.runtime.format import Plan, PlanError, encode, load

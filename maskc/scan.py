@@ -19,7 +19,8 @@ import numpy as np
 from maskc.errors import MaskError
 from maskc.intervals import RunTracker, canonical, intervals_sha256
 from maskc.options import check_variant
-from maskc.sources import MaskSource, open_mask
+from maskc.inputs import open_mask
+from maskc.sources import MaskSource
 
 Progress = Callable[[int, int], None]
 
