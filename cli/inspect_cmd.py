@@ -15,7 +15,7 @@ import click
 
 from maskc.cli.errors import UserError
 from maskc.cli.files import human_bytes
-from maskc.runtime.format import DENSE_VARIANTS, Plan, load
+from maskc.runtime.format import DENSE_VARIANTS, FamilyPlan, Plan, load
 
 
 @click.command()
@@ -28,6 +28,8 @@ from maskc.runtime.format import DENSE_VARIANTS, Plan, load
 def inspect(plan_path: Path, as_json: bool, png: Path | None, profile_name: str | None, workload: str | None) -> None:
     """Summarise a plan: shape, density, tile counts, size, variant, reordering, predictions."""
     plan = load(plan_path)
+    if isinstance(plan, FamilyPlan):
+        return _inspect_family(plan, plan_path, as_json, png is not None or bool(profile_name or workload))
     info = summary(plan, plan_path.stat().st_size)
     if profile_name or workload:
         info["reevaluated"] = _reevaluate(plan, profile_name, workload)
@@ -41,6 +43,25 @@ def inspect(plan_path: Path, as_json: bool, png: Path | None, profile_name: str 
     click.echo(_human(plan_path, info))
     if png is not None:
         click.echo(f"tile map    {png}")
+
+
+def _inspect_family(family: FamilyPlan, path: Path, as_json: bool, asked_for_more: bool) -> None:
+    """A family plan's summary: it holds no mask, so no tile map and no candidates to re-evaluate."""
+    if asked_for_more:
+        raise UserError(f"{path} is a family plan: it holds no mask to draw or predict again (bind it to a step's data at run time)")
+    info = {"family": family.kind, "params": dict(family.params), "max_len": family.max_len, "block_m": family.block_m,
+            "block_n": family.block_n, "traits": dict(family.traits), "plan_bytes": path.stat().st_size,
+            "options": family.options, "predictions": family.predictions}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    params = ", ".join(f"{k}={v}" for k, v in sorted(family.params.items())) or "no parameters"
+    lines = [f"plan        {path} ({human_bytes(info['plan_bytes'])})",
+             f"family      {family.kind} ({params}), up to {family.max_len} tokens, bound to each step's data at run time",
+             f"tiles       {family.block_m}x{family.block_n}, interval kernel",
+             f"traits      {', '.join(k for k, v in sorted(family.traits.items()) if v) or 'balanced lists, no shared keys'}"]
+    lines += _prediction_lines(family.predictions, None, f"intervals/{family.block_m}x{family.block_n}")
+    click.echo("\n".join(lines))
 
 
 def _reevaluate(plan: Plan, profile_name: str | None, workload: str | None) -> dict[str, Any]:

@@ -87,23 +87,32 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
     """Compile MASK into a plan file.
 
     MASK is a dense .npy, a scipy.sparse .npz, or a .json mask spec such as
-    {"kind": "documents", "lengths": [4096, 1000], "causal": true} (see the README).
+    {"kind": "documents", "lengths": [4096, 1000], "causal": true} (see the README); or a .json
+    family spec such as {"family": "documents", "max_len": 16384, "causal": true}, for masks that
+    change every step: the family plan is bound to each step's data at run time.
     """
     from maskc.cache import CacheWarning, Compiled, PlanCache
     from maskc.compiler import compile_with
+    from maskc.family import is_family_spec
+    from maskc.inputs import open_mask
     from maskc.options import CompileOptions
     from maskc.profile import Workload
-    from maskc.inputs import open_mask
+    from maskc.spec import from_spec, read_json
 
     options = CompileOptions.of(block=block, variant=variant, reorder=reorder, schedule=schedule, backward=backward, profile=profile_name,
                                 workload=Workload.parse(workload) if workload else None)
+    check_output_dir(output)
     if flashmask is not None:
         from maskc.flashmask import load_startend_row_indices
 
         source = load_startend_row_indices(mask, causal=flashmask == "causal")
+    elif mask.suffix.lower() == ".json" and mask.is_file():
+        spec = read_json(mask, "the spec")
+        if is_family_spec(spec):
+            return _compile_family(spec, output, options, quiet)
+        source = from_spec(spec, where=str(mask))
     else:
         source = open_mask(mask)
-    check_output_dir(output)
     with _progress(not quiet, "compiling") as progress, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         if cache:
@@ -127,7 +136,19 @@ def compile_cmd(mask: Path, output: Path, block: str, variant: str, reorder: str
         )
 
 
-def _chosen(plan: Plan) -> str | None:
+def _compile_family(spec: dict, output: Path, options, quiet: bool) -> None:
+    """``maskc compile`` of a family spec: the family's decisions, made once, to a family plan."""
+    from maskc.family import compile_family
+
+    family = compile_family(spec, profile=options.profile or "none", workload=options.workload)
+    data = encode(family)
+    write_file(output, data)
+    if not quiet:
+        chosen = _chosen(family)
+        click.echo(f"wrote {output}: {family!r}, {human_bytes(len(data))}" + (f"; predicted for a representative mask: {chosen}" if chosen else ""))
+
+
+def _chosen(plan) -> str | None:
     """The winner's predicted times, as the plan recorded them."""
     from maskc.predictions import shown
 

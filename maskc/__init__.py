@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": ("maskc.compiler", "compile"),
+    "compile_family": ("maskc.family", "compile_family"),
+    "FamilyPlan": ("maskc.runtime.format", "FamilyPlan"),
     "compile_cached": ("maskc.cache", "compile_cached"),
     "PlanCache": ("maskc.cache", "PlanCache"),
     "open_mask": ("maskc.inputs", "open_mask"),
