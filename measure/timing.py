@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from maskc.measure.reference import rel_err
+from maskc.runtime.dtypes import torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from maskc.measure.bench import BenchConfig
@@ -61,13 +62,6 @@ class Row:
         d = dataclasses.asdict(self)
         d["notes"] = "; ".join(self.notes)
         return d
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a dtype name (``"bf16"``, ``"fp16"``, ``"fp32"``), as the runtime maps them."""
-    from maskc.runtime.kernels.aotcheck import DTYPES
-
-    return DTYPES[name]
 
 
 class Inputs:

@@ -19,10 +19,10 @@ import functools
 
 import torch
 
+from maskc.runtime.dtypes import dtype_name
 from maskc.runtime.format import pieces_take
 
 Piece = tuple[int, int, int, int, bool]  # q0, q1, k0, k1, causal
-_SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # the dtype names of pieces_take
 
 
 def supported(q: torch.Tensor) -> bool:
@@ -30,7 +30,7 @@ def supported(q: torch.Tensor) -> bool:
     says and where cuDNN's attention is available; on a CPU (the torch sums) always."""
     if not q.is_cuda:
         return True
-    return pieces_take(_SHORT.get(q.dtype, ""), q.shape[-1]) and _cudnn_attention(q.device)
+    return pieces_take(dtype_name(q.dtype) or "", q.shape[-1]) and _cudnn_attention(q.device)
 
 
 @functools.lru_cache(maxsize=None)
