@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation
-from maskc.runtime.format import list_traits
+from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation, list_traits
 
 _INDEX_ARRAYS = ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile")
 
@@ -89,6 +88,17 @@ class DevicePlan:
     @property
     def reordered(self) -> bool:
         return self.perm.numel() > 0
+
+    @property
+    def row_lists(self) -> tuple[torch.Tensor, ...]:
+        """What the forward and dQ kernels walk, in the order they take it: the row lists, the
+        partial tiles' bitmaps and intervals, the launch order of the rows, the permutation."""
+        return self.row_ptr, self.row_full, self.row_col, self.row_tile, self.bitmaps, self.intervals, self.row_order, self.perm
+
+    @property
+    def col_lists(self) -> tuple[torch.Tensor, ...]:
+        """:attr:`row_lists` for the dK/dV kernel: the column lists and the columns' launch order."""
+        return self.col_ptr, self.col_full, self.col_row, self.col_tile, self.bitmaps, self.intervals, self.col_order, self.perm
 
     @classmethod
     def from_plan(cls, plan: Plan, device: torch.device | str | None = None) -> "DevicePlan":

@@ -1,7 +1,10 @@
 """``load_plan`` and the attention call: everything a training step touches.
 
-A plan is decoded and validated once, moved to a device once, and each call only checks shapes and
-launches the backend, forward and backward (through autograd). Nothing is analysed per step.
+A plan is decoded and validated once and moved to a device once. A call's inputs are checked at
+the first call of each shape, dtype, device and backend (``maskc.runtime.call``), which also readies
+the backend for the plan and that shape (the kernels' launches are decided there); later calls of
+that shape find it by a dictionary lookup, check the scale and launch, forward and backward
+(through autograd). Nothing is analysed per step.
 
 Three kinds of plan take another route. A ``"dense"`` or ``"dense_causal"`` plan (an all-true or
 exactly causal mask) calls ``torch.nn.functional.scaled_dot_product_attention`` with no mask or
@@ -17,46 +20,78 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from maskc.runtime import format as plan_format
 from maskc.runtime import pieces as dense_pieces
 from maskc.runtime import reference
+from maskc.runtime.call import Call, check_call
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.format import DENSE_VARIANTS, Plan, PlanError
 
 BACKENDS = ("auto", "triton", "reference")
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_ROUTES = 64  # call shapes remembered per plan (a loop with ever new shapes starts over past this)
+
+
+class TileBackend(Protocol):
+    """A backend made ready for one plan and call shape (``kernels.TileKernels``, ``reference.Reference``)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def backward(self, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How calls of one shape, dtype, device and backend run through a plan, decided at the first:
+    through ``tiles`` (a ready backend) with autograd, the backward through the plan's dense
+    ``pieces`` where the inputs allow; or, for a dense plan (``tiles`` None), through SDPA."""
+
+    call: Call
+    tiles: TileBackend | None
+    pieces: tuple[tuple[int, int, int, int, bool], ...] = ()
+    causal: bool = False  # a dense plan's mask
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.tiles is None:
+            return _dense(q, k, v, scale, causal=self.causal)
+        return _Attention.apply(q, k, v, self, scale)
+
+    def backward(self, do, q, k, v, o, lse, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.pieces:
+            return dense_pieces.backward(do, q, k, v, o, lse, self.pieces, scale)
+        return self.tiles.backward(do, q, k, v, o, lse, scale)
 
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, dplan, scale, backend, pieces):
-        o, lse = backend.forward(q, k, v, dplan, scale)
+    def forward(ctx, q, k, v, route: _Route, scale: float):
+        o, lse = route.tiles.forward(q, k, v, scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.dplan, ctx.scale, ctx.backend, ctx.pieces = dplan, scale, backend, pieces
+        ctx.route, ctx.scale = route, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        if ctx.pieces:
-            dq, dk, dv = dense_pieces.backward(do.contiguous(), q, k, v, o, lse, ctx.pieces, ctx.scale)
-        else:
-            dq, dk, dv = ctx.backend.backward(do.contiguous(), q, k, v, o, lse, ctx.dplan, ctx.scale)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = ctx.route.backward(do.contiguous(), q, k, v, o, lse, ctx.scale)
+        return dq, dk, dv, None, None
 
 
 class LoadedPlan:
-    """A validated plan, ready to run: its lists are moved to each device once and kept there."""
+    """A validated plan, ready to run: its lists are moved to each device once and kept there, and
+    each call shape is checked and its backend made ready once."""
 
     def __init__(self, plan: Plan, device: torch.device | str | None = None):
         self.plan = plan
         self._on: dict[torch.device, DevicePlan] = {}
+        self._routes: dict[tuple, _Route] = {}
         if device is not None:
             self.on(torch.device(device))
 
@@ -73,48 +108,44 @@ class LoadedPlan:
         """Masked attention ``softmax(q kᵀ · scale + mask) v`` for ``[B, H, N, D]`` tensors, with autograd.
 
         ``k``/``v`` may have fewer heads than ``q`` (GQA/MQA: ``Hq`` a multiple of ``Hkv``). ``scale``
-        (positive) defaults to ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the
-        reference backend elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give
-        zeros.
+        (positive, below a limit that float32 softmax sets: ``maskc.runtime.call``) defaults to
+        ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference backend
+        elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give zeros.
         """
-        self._check(q, k, v)
-        impl = _backend(backend, q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
-        dplan = self.on(q.device)
-        if dplan.variant in DENSE_VARIANTS:
-            return _dense(q, k, v, scale, causal=dplan.variant == "dense_causal")
-        # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
-        pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q) else ()
-        return _Attention.apply(q, k, v, dplan, scale, impl, pieces)
+        route = self._routes.get(_route_key(q, k, v, backend))
+        if route is None:
+            route = self._route(q, k, v, backend)
+        return route.run(q, k, v, route.call.scale(scale))
 
     __call__ = attention
 
-    def _check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        p = self.plan
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4:
-                raise ValueError(f"{name} must be a 4-D tensor [B, H, N, D], got {_describe(t)}")
-        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES + (torch.float64,):
-            raise ValueError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
-        if not (q.device == k.device == v.device):
-            raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-        (b, hq, nq, d), (bk, hkv, nk, dk) = q.shape, k.shape
-        if k.shape != v.shape:
-            raise ValueError(f"k {list(k.shape)} and v {list(v.shape)} must have the same shape")
-        if bk != b or dk != d or hkv == 0 or hq % hkv:
-            raise ValueError(f"q {list(q.shape)} and k/v {list(k.shape)} disagree: batch and head dim must match and q heads must be a multiple of kv heads")
-        if (nq, nk) != (p.q_len, p.kv_len):
-            raise ValueError(f"q/k lengths {nq}x{nk} do not match the plan's mask {p.q_len}x{p.kv_len}")
-        if p.batch not in (1, b):
-            raise ValueError(f"q batch {b} does not match the plan's mask batch {p.batch} (it must be 1 or {b})")
-        if p.heads not in (1, hq):
-            raise ValueError(f"q heads {hq} do not match the plan's mask heads {p.heads} (it must be 1 or {hq})")
+    def _route(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> _Route:
+        """Check a call of a new shape, dtype, device or backend, and decide how it runs."""
+        call = check_call(self.plan, q, k, v)
+        impl = _backend(backend, q)
+        dplan = self.on(call.device)
+        if dplan.variant in DENSE_VARIANTS:
+            route = _Route(call, None, causal=dplan.variant == "dense_causal")
+        else:
+            # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
+            pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q) else ()
+            route = _Route(call, impl.prepare(dplan, call), pieces)
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes.clear()
+        self._routes[_route_key(q, k, v, backend)] = route
+        return route
 
     def __repr__(self) -> str:
         p = self.plan
         return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant}{', reordered' if p.reordered else ''})"
+
+
+def _route_key(q, k, v, backend) -> tuple | None:
+    """What a call's route depends on: the inputs' shapes, dtypes and devices and the backend
+    (None for inputs that are not tensors, which the checks then refuse)."""
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        return None
+    return q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend
 
 
 def load_plan(source: str | os.PathLike | bytes | Plan, device: torch.device | str | None = None) -> LoadedPlan:
@@ -186,13 +217,13 @@ def resolve_backend(name: str, on_cuda: bool) -> str:
 
 
 def _backend(name: str, q: torch.Tensor):
+    """The backend module a call runs on, ``reference`` or ``kernels``: each makes itself ready for
+    a plan and a checked call with ``prepare(plan, call)``."""
     name = resolve_backend(name, q.is_cuda)
     if name == "reference":
         return reference
     from maskc.runtime import kernels
 
-    if q.dtype == torch.float64:
-        raise ValueError("the triton backend takes float16, bfloat16 or float32; use backend='reference' for float64")
     return kernels
 
 
@@ -201,6 +232,3 @@ def _canonical(device: torch.device) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
-
-def _describe(t) -> str:
-    return f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__

@@ -15,11 +15,32 @@ from collections.abc import Iterator
 
 import torch
 
+from maskc.runtime.call import Call
 from maskc.runtime.device import DevicePlan
 
 
+class Reference:
+    """The reference backend for one plan, shaped like ``maskc.runtime.kernels.TileKernels``."""
+
+    def __init__(self, plan: DevicePlan):
+        self.plan = plan
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward(q, k, v, self.plan, scale)
+
+    def backward(self, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return backward(do, q, k, v, o, lse, self.plan, scale)
+
+
+def prepare(plan: DevicePlan, call: Call) -> Reference:
+    """The backend for ``plan`` and calls shaped like ``call`` (any call it has passed ``check_call``)."""
+    return Reference(plan)
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output (like ``q``) and the natural-log LSE ``[B, Hq, Nq]`` (+inf on empty rows)."""
+    """Attention output (like ``q``) and the natural-log LSE ``[B, Hq, Nq]`` (+inf on empty rows),
+    float32 as the kernels' (float64 for float64 inputs, which are computed in float64 throughout)."""
     if plan.reordered:
         q, k, v = (t.index_select(2, plan.perm) for t in (q, k, v))
         o, lse = _forward(q, k, v, plan, scale)
@@ -31,7 +52,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan
     acc_dtype = _acc_dtype(q)
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     o = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    lse = torch.full(q.shape[:3], math.inf, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:3], math.inf, dtype=acc_dtype, device=q.device)
     for bs, hs, rows, visits in _walk(plan, q.shape[0], q.shape[1]):
         qi = q[bs, hs, rows].to(acc_dtype) * scale
         m_i = torch.full(qi.shape[:3], -math.inf, dtype=acc_dtype, device=q.device)
@@ -51,7 +72,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan
         seen = l_i > 0
         out = torch.where(seen[..., None], acc / torch.where(seen, l_i, torch.ones_like(l_i))[..., None], torch.zeros_like(acc))
         o[bs, hs, rows] = out
-        lse[bs, hs, rows] = torch.where(seen, m_i + torch.log(l_i), torch.full_like(l_i, math.inf)).float()
+        lse[bs, hs, rows] = torch.where(seen, m_i + torch.log(l_i), torch.full_like(l_i, math.inf))
     return o.to(q.dtype), lse
 
 

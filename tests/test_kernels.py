@@ -23,7 +23,7 @@ from maskc.measure.reference import attention as dense_reference
 from maskc.measure.selfcheck import causal, documents, patch_interpreter_bf16_dot, sliding_window
 from maskc.runtime import load_plan
 from maskc.runtime.device import DevicePlan
-from maskc.runtime.kernels import backward, common, config, forward
+from maskc.runtime.kernels import backward, common, config, forward, launches
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tests run the kernels in the Triton interpreter")
 
@@ -185,7 +185,7 @@ def test_ragged_full_tiles_at_edge():
 @pytest.mark.parametrize("hkv", [2, 1])
 def test_gqa(hkv, walk, monkeypatch):
     if walk:  # one dK/dV program per key/value head, as on a GPU with programs enough to fill it
-        monkeypatch.setattr(common, "_sm_count", lambda device: 1)
+        monkeypatch.setattr(launches, "_sm_count", lambda device: 1)
     run(holes(causal(128, 128), 7), B=2, Hq=4, Hkv=hkv, block=(32, 32), D=32, seed=hkv)
 
 
@@ -196,7 +196,7 @@ def test_gqa_group_split_or_walked(hkv, monkeypatch):
     mask = sliding_window(160, 160, 24)
     mask[:, :5] = True  # global keys: their columns are far longer than the window's
     split = run(mask, B=2, Hq=4, Hkv=hkv, block=(32, 32), seed=40 + hkv, heads_fast=True)
-    monkeypatch.setattr(common, "_sm_count", lambda device: 1)  # the few programs of a small test fill it
+    monkeypatch.setattr(launches, "_sm_count", lambda device: 1)  # the few programs of a small test fill it
     whole = run(mask, B=2, Hq=4, Hkv=hkv, block=(32, 32), seed=40 + hkv, heads_fast=False)
     for name in ("dk", "dv"):
         assert rel(split[name], whole[name]) < 1e-5, name
@@ -206,10 +206,10 @@ def test_gqa_group_split_or_walked(hkv, monkeypatch):
 def test_gqa_group_in_parts(monkeypatch):
     """A group of 8 query heads split in 4 parts (two heads per dK/dV program, float32 shares
     summed after) gives the gradients of one program walking the whole group."""
-    monkeypatch.setattr(common, "_sm_count", lambda device: 15)  # 10 programs: split to two per SM
-    assert common.group_parts(8, False, 10, torch.device("cpu")) == 4
+    monkeypatch.setattr(launches, "_sm_count", lambda device: 15)  # 10 programs: split to two per SM
+    assert launches.group_parts(8, False, 10, torch.device("cpu")) == 4
     parts = run(causal(160, 160), B=2, Hq=8, Hkv=1, block=(32, 32), seed=50)
-    monkeypatch.setattr(common, "_sm_count", lambda device: 1)
+    monkeypatch.setattr(launches, "_sm_count", lambda device: 1)
     whole = run(causal(160, 160), B=2, Hq=8, Hkv=1, block=(32, 32), seed=50)
     for name in ("dk", "dv"):
         assert rel(parts[name], whole[name]) < 1e-5, name
@@ -218,12 +218,12 @@ def test_gqa_group_in_parts(monkeypatch):
 
 def test_group_parts_rule():
     cpu = torch.device("cpu")
-    assert common.group_parts(1, True, 8, cpu) == 1
-    assert common.group_parts(4, True, 10**6, cpu) == 4  # unbalanced columns
-    assert common.group_parts(16, False, 64, cpu) == 8  # fewer programs than SMs: split to two per SM
-    assert common.group_parts(8, False, 128, cpu) == 4
-    assert common.group_parts(2, False, 64, cpu) == 2  # as far as the group goes
-    assert common.group_parts(4, False, 256, cpu) == 1
+    assert launches.group_parts(1, True, 8, cpu) == 1
+    assert launches.group_parts(4, True, 10**6, cpu) == 4  # unbalanced columns
+    assert launches.group_parts(16, False, 64, cpu) == 8  # fewer programs than SMs: split to two per SM
+    assert launches.group_parts(8, False, 128, cpu) == 4
+    assert launches.group_parts(2, False, 64, cpu) == 2  # as far as the group goes
+    assert launches.group_parts(4, False, 256, cpu) == 1
 
 
 def test_per_head_masks_with_gqa():
@@ -332,10 +332,11 @@ def test_launch_grid_follows_the_measured_rule(name, unbalanced, shared):
     (benchmarks/NOTES.md)."""
     dplan = DevicePlan.from_plan(maskc.compile(build_mask(name, 8192).source, block=64, variant="block_sparse"))
     assert (dplan.rows_unbalanced, dplan.rows_shared) == (dplan.cols_unbalanced, dplan.cols_shared) == (unbalanced, shared)
+    cpu = torch.device("cpu")  # decides with an H100's L2 cache
     for n in (8192, 32768):  # 64 MiB of keys and values with 16 heads of 128: fits; 256 MiB: does not
-        k = torch.empty((1, 16, n, 128), dtype=torch.bfloat16, device="meta")
-        assert common.heads_fast(unbalanced, shared, k, n // 64) == (unbalanced or (shared and n == 8192)), n
-    assert not common.heads_fast(True, True, k, common.MAX_GRID_Y + 1)  # tiles past the second grid axis
+        k_bytes = 16 * n * 128 * 2  # bf16
+        assert launches.heads_fast(unbalanced, shared, k_bytes, n // 64, cpu) == (unbalanced or (shared and n == 8192)), n
+    assert not launches.heads_fast(True, True, k_bytes, launches.MAX_GRID_Y + 1, cpu)  # tiles past the second grid axis
 
 
 def test_launch_order_columns():
@@ -459,14 +460,14 @@ def test_rejects_unsupported_plans():
     q = torch.randn(1, 2, 64, 32)
     with pytest.raises(ValueError, match="tiles"):
         forward(q, q, q, dataclasses.replace(dplan, block_m=16), 0.1)
-    with pytest.raises(ValueError, match="queries"):
+    with pytest.raises(ValueError, match="do not match the plan's mask 64x64"):
         forward(q[:, :, :32], q, q, dplan, 0.1)
     with pytest.raises(ValueError, match="multiple"):
         forward(torch.randn(1, 3, 64, 32), q, q, dplan, 0.1)
     heads = DevicePlan.from_plan(maskc.compile(rand_mask((3, 64, 64), 0.5, 0), block=(32, 32), variant="block_sparse"))
     with pytest.raises(ValueError, match="heads"):
         forward(q, q, q, heads, 0.1)
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match="dtype float16, bfloat16 or float32, not torch.float64"):
         forward(q.double(), q.double(), q.double(), dplan, 0.1)
     with pytest.raises(ValueError, match="sub_n"):
         with config.override(fwd_sub_n=24):
@@ -475,8 +476,7 @@ def test_rejects_unsupported_plans():
 
 def test_config_table_lookup(monkeypatch):
     cfg = config.KernelConfig(fwd_warps=2, fwd_stages=1, fwd_sub_n=32, dq_sub_n=32, dkdv_sub_m=16, dkdv_keys=64, fwd_rows=64, dq_rows=64)
-    monkeypatch.setitem(config.TABLE, (0, 0, 64, "float16", 64, 64), cfg)
-    monkeypatch.setattr(config, "_RESOLVED", {})  # lookups are memoised; the table is static outside tests
+    monkeypatch.setitem(config.TABLE, (0, 0, 64, "fp16", 64, 64), cfg)
     assert config.lookup(torch.device("cpu"), 64, torch.float16, 64, 64) == cfg
     assert config.lookup(torch.device("cpu"), 96, torch.float16, 64, 64) != cfg  # other head-dim bucket
     assert config.lookup(torch.device("cpu"), 48, torch.float16, 64, 64) == cfg  # 48 pads to 64

@@ -20,17 +20,17 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from maskc.runtime.dtypes import torch_dtype
+from maskc.runtime.format import DTYPES
 from maskc.runtime.kernels import bwd, config, fwd
+from maskc.runtime.kernels.launches import dot_precision
 
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _POINTERS_I32 = {"row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile", "bitmaps",
                  "intervals", "row_order", "col_order", "perm"}
 _POINTERS_F32 = {"LSE", "DELTA"}
@@ -74,13 +74,10 @@ def compile_kernel(fn, dtype: str, constexprs: dict, num_warps: int, num_stages:
 
 def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, overrides: dict, intervals: bool = False,
           gather: bool = False) -> list[str]:
-    d_bucket = config.head_dim_bucket(head_dim)
-    cfg = config.TABLE.get((arch // 10, arch % 10, d_bucket, str(DTYPES[dtype]).removeprefix("torch."), bm, bn))
-    cfg = cfg or config.default_config((arch // 10, arch % 10), d_bucket, DTYPES[dtype], bm, bn)
-    cfg = config._clamped(replace(cfg, **overrides), bm, bn)
-    precision = cfg.fp32_precision if dtype == "fp32" else "tf32"
-    base = dict(HEAD_DIM=head_dim, D_PAD=d_bucket, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even, EVEN_N=even, DOT_PRECISION=precision,
-                INTERVALS=intervals, ORDERED=True, HEADS_FAST=True, GATHER=gather)
+    with config.override(**overrides):
+        cfg = config.resolve((arch // 10, arch % 10), head_dim, torch_dtype(dtype), bm, bn)
+    base = dict(HEAD_DIM=head_dim, D_PAD=config.head_dim_bucket(head_dim), BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even, EVEN_N=even,
+                DOT_PRECISION=dot_precision(torch_dtype(dtype), cfg), INTERVALS=intervals, ORDERED=True, HEADS_FAST=True, GATHER=gather)
     rows = []
     # steps: the config's sub-steps (printed); heads: the backward kernels' GQA constexprs, one
     # key/value head per query head
@@ -112,7 +109,7 @@ def check(arch: int, dtype: str, head_dim: int, bm: int, bn: int, even: bool, ov
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an integer, e.g. 80, 90")
-    parser.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="repeatable; default bf16 fp16 fp32")
+    parser.add_argument("--dtype", action="append", choices=DTYPES, help=f"repeatable; default {' '.join(DTYPES)}")
     parser.add_argument("--head-dim", type=int, action="append", help="repeatable; default 64 96 128 256")
     parser.add_argument("--tiles", action="append", help="repeatable, e.g. 128x128; default all")
     parser.add_argument("--ragged", action="store_true", help="also compile the ragged (bounds-checked) variants")
@@ -127,7 +124,7 @@ def main(argv=None) -> int:
     tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles] if args.tiles else [(a, b) for a in config.TILE_SIZES for b in config.TILE_SIZES]
     bad = 0
     print(f"triton {triton.__version__}, target sm_{args.arch}")
-    for dtype in args.dtype or ["bf16", "fp16", "fp32"]:
+    for dtype in args.dtype or DTYPES:
         for head_dim in args.head_dim or [64, 96, 128, 256]:
             for bm, bn in tiles:
                 for intervals in (False, True) if args.intervals else (False,):

@@ -1,8 +1,8 @@
 """Launch configurations for the block-sparse attention kernels: a small static table, no autotuning.
 
-A configuration is looked up once per call from
+A configuration is looked up once per plan and call shape from
 
-    (compute capability major, minor, head-dim bucket, dtype, block_m, block_n)
+    (compute capability major, minor, head-dim bucket, dtype name, block_m, block_n)
 
 The tile sizes themselves are the plan's (``block_m``/``block_n``); a configuration only chooses how
 the programs work through a tile: ``num_warps`` and ``num_stages`` (software pipelining depth) of each
@@ -25,6 +25,7 @@ from typing import Iterator
 
 import torch
 
+from maskc.runtime.dtypes import dtype_name
 from maskc.runtime.format import TILE_SIZES
 
 HEAD_DIM_BUCKETS = (32, 64, 128, 256)  # head dims are padded inside the kernel to the next power of two
@@ -63,10 +64,12 @@ class KernelConfig:
 
 
 # (major, minor, head-dim bucket, dtype name, block_m, block_n) -> config. Filled in by tuning on a GPU;
-# the dtype name is "float16", "bfloat16" or "float32".
+# the dtype name is one of maskc.runtime.format.DTYPES ("bf16", "fp16", "fp32").
 TABLE: dict[tuple[int, int, int, str, int, int], KernelConfig] = {}
 
-_OVERRIDE: dict = {}
+# The fields forced by the innermost active override(), as sorted (name, value) pairs. A new tuple
+# for every override block, so that what was decided under one (TileKernels) can tell it is stale.
+_OVERRIDE: tuple[tuple[str, object], ...] = ()
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -132,33 +135,23 @@ def _fp32_config(d_bucket: int, block_m: int, block_n: int) -> KernelConfig:
     )
 
 
-_RESOLVED: dict[tuple, KernelConfig] = {}
-
-
 def lookup(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int) -> KernelConfig:
-    """The configuration for one call: the table's entry, else the defaults; then any active override.
-
-    Memoised: a training step calls this for every launch, and resolving it (device capability,
-    table, clamping) costs more host time than some of the launches it configures.
-    """
-    key = (device, head_dim, dtype, block_m, block_n, tuple(sorted(_OVERRIDE.items())))
-    cfg = _RESOLVED.get(key)
-    if cfg is None:
-        cfg = _RESOLVED[key] = _resolve(device, head_dim, dtype, block_m, block_n)
-    return cfg
+    """The configuration for calls on ``device`` (:func:`resolve` with its compute capability)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    return resolve(capability, head_dim, dtype, block_m, block_n)
 
 
-def _resolve(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int) -> KernelConfig:
+def resolve(capability: tuple[int, int], head_dim: int, dtype: torch.dtype, block_m: int, block_n: int) -> KernelConfig:
+    """The configuration for a GPU of ``capability``: the table's entry, else the defaults; then any
+    active override; sub-steps clamped to the tiles and checked."""
     if block_m not in TILE_SIZES or block_n not in TILE_SIZES:
         raise ValueError(f"plan tiles {block_m}x{block_n} are not supported by the kernels; each side must be one of {TILE_SIZES}")
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
     d_bucket = head_dim_bucket(head_dim)
-    dtype_name = str(dtype).removeprefix("torch.")
-    cfg = TABLE.get((capability[0], capability[1], d_bucket, dtype_name, block_m, block_n))
+    cfg = TABLE.get((capability[0], capability[1], d_bucket, dtype_name(dtype), block_m, block_n))
     if cfg is None:
         cfg = default_config(capability, d_bucket, dtype, block_m, block_n)
     if _OVERRIDE:
-        cfg = replace(cfg, **_OVERRIDE)
+        cfg = replace(cfg, **dict(_OVERRIDE))
     return _clamped(cfg, block_m, block_n)
 
 
@@ -180,19 +173,24 @@ def _clamped(cfg: KernelConfig, block_m: int, block_n: int) -> KernelConfig:
     return replace(cfg, **{name: sub for name, (sub, _) in sizes.items()})
 
 
+def overrides() -> tuple[tuple[str, object], ...]:
+    """The fields the active :func:`override` blocks force (a new object for every block)."""
+    return _OVERRIDE
+
+
 @contextlib.contextmanager
 def override(**fields) -> Iterator[None]:
     """Force configuration fields for every launch inside the block (tests, tuning sweeps)."""
+    global _OVERRIDE
     unknown = set(fields) - set(KernelConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown kernel config fields {sorted(unknown)}")
-    saved = dict(_OVERRIDE)
-    _OVERRIDE.update(fields)
+    saved = _OVERRIDE
+    _OVERRIDE = tuple(sorted({**dict(saved), **fields}.items()))
     try:
         yield
     finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(saved)
+        _OVERRIDE = saved
 
 
 def _sm90_tuned() -> dict[tuple[int, int, int, str, int, int], KernelConfig]:
@@ -205,7 +203,7 @@ def _sm90_tuned() -> dict[tuple[int, int, int, str, int, int], KernelConfig]:
                        dkdv_warps=4, dkdv_stages=2, dkdv_sub_m=32),
     }
     return {
-        (9, 0, 128, "bfloat16", bm, bn): replace(default_config((9, 0), 128, torch.bfloat16, bm, bn), **fields)
+        (9, 0, 128, "bf16", bm, bn): replace(default_config((9, 0), 128, torch.bfloat16, bm, bn), **fields)
         for (bm, bn), fields in tuned.items()
     }
 
