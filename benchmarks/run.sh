@@ -4,7 +4,7 @@
 #   benchmarks/run.sh OUT.json [maskc bench options...]
 #
 # Installs this checkout in editable mode (no dependencies are fetched: torch, triton, numpy, scipy,
-# networkx, msgpack and click must already be installed), then runs `maskc bench` on GPU 0 and
+# msgpack and click must already be installed), then runs `maskc bench` on GPU 0 and
 # writes every result, with the GPU, versions, date and command line, to OUT.json, and the table to
 # OUT.txt next to it. Without options it runs the default mask set at N = 8192 and 32768 with 16
 # heads of dimension 128, batch 1, bf16; any option given replaces that default N list only if it

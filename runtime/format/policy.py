@@ -3,8 +3,8 @@
 One place for each rule both halves must agree on: the tile sizes a plan may have, the dtype names
 a workload is written in, which calls run a plan's backward through its dense pieces, and the
 traits of a plan's lists from which the compiler records launch orders
-(``maskc.compiler``'s launch orders) and the kernels choose their grid
-(``maskc.runtime.kernels.common.heads_fast``).
+(``maskc.build.launch_orders``) and the kernels choose their grid
+(``maskc.runtime.kernels.launches.heads_fast``).
 """
 
 from __future__ import annotations
