@@ -35,7 +35,6 @@ from maskc.build import build, launch_orders
 from maskc.choice import Choice, choose
 from maskc.compiler import COMPILER_REVISION
 from maskc.options import AUTO, CompileOptions
-from maskc.profile import Workload
 from maskc.runtime.format import DENSE_VARIANTS, LIST_ARRAYS, PLAN_VERSION, Plan, PlanError, atomic_write, decode, encode
 from maskc.scan import Progress, Stages
 from maskc.inputs import open_mask
@@ -92,23 +91,10 @@ class PlanCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}{SUFFIX}"
 
-    def compile(
-        self,
-        mask: Any,
-        block: Any = AUTO,
-        progress: Progress | None = None,
-        variant: str = "auto",
-        reorder: str = "auto",
-        schedule: str = "lpt",
-        profile: Any = None,
-        workload: Workload | None = None,
-        objective: str = "fwd_bwd",
-        backward: str = "auto",
-    ) -> tuple[Plan, bool]:
+    def compile(self, mask: Any, progress: Progress | None = None, **options: Any) -> tuple[Plan, bool]:
         """The plan for ``mask`` and whether it came from the cache; compiled and stored on a miss.
-        The arguments are :func:`maskc.compile`'s."""
-        options = CompileOptions.of(block=block, variant=variant, reorder=reorder, schedule=schedule, backward=backward, objective=objective,
-                                    workload=workload, profile=profile)
+        ``options`` are :func:`maskc.compile`'s keyword arguments."""
+        options = CompileOptions.of(**options)
         compiled = self.compile_with(mask, options, progress)
         return compiled.plan, compiled.hit
 
