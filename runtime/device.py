@@ -58,6 +58,8 @@ class DevicePlan:
     ``[0, kv_len]``). The kernels take q, k, v in the caller's order and read and write every row
     through them (q, o, dq rows through ``perm_q``; k, v, dk, dv rows through ``perm_k``); the
     log-sum-exp stays in plan positions. The reference backend gathers into plan order and back.
+    The query heads of one GQA group must share one key order (the dK/dV kernel walks them over
+    their key/value head's keys once): ``maskc.runtime.bound`` binds keys per key/value head.
 
     ``pieces``: the plan's dense pieces ``(q0, q1, k0, k1, causal)`` as host integers (they slice the
     inputs), empty when the backward runs through the tile lists (``maskc.runtime.pieces``).

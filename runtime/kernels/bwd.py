@@ -16,7 +16,8 @@
    longest program by the group size: there the group is split in ``PARTS`` (one query head per
    program for unbalanced columns, else until there are two programs per SM;
    :func:`launches.group_parts`) and each program writes its float32 share, which the host sums
-   over the group.
+   over the group. A reordered plan's keys are read in the order of the program's first query
+   head's mask slice: the heads of a group share one key order (``DevicePlan``).
 
 Partial tiles are masked from their bitmap (block-sparse plans) or from the key columns' row
 intervals (interval plans, constexpr ``INTERVALS``). With S = scale * Q K^T and P = softmax(S) over
