@@ -1,13 +1,13 @@
 """Packed-document attention per training step, binding included: a maskc family plan next to
 FlexAttention, torch's varlen attention and SDPA.
 
-    python benchmarks/family_attention.py [--out family_attention.json] [--reps 10]
-    python benchmarks/family_attention.py --device cpu --ns 256 --batches 1 2 --heads 2 --dim 16 --reps 1   # smoke test
+    python benchmarks/family_attention.py [--out family_attention.json] [--rep-ms 200]
+    python benchmarks/family_attention.py --device cpu --ns 256 --batches 1 2 --heads 2 --dim 16 --rep-ms 1   # smoke test
 
 Each case packs random documents into ``B`` rows of exactly ``N`` tokens (lengths log-normal with a
 mean of about 350 tokens, or uniform in 100..700; the last document of a row is cut to fit), causal
-within each document, bf16, 16 heads of 128. Per case it times, as the median of ``--reps`` calls
-after a warm-up (CUDA events), the forward and the forward + backward of:
+within each document, bf16, 16 heads of 128. Per case it times (``maskc.measure.timing.time_ms``:
+medians, ``triton.testing.do_bench`` on a GPU) the forward and the forward + backward of:
 
 - ``maskc``: ``LoadedFamily.attention(q, k, v, position_ids=...)``, binding included, of the family
   plan ``{"family": "documents", "max_len": N}`` compiled once;
@@ -39,7 +39,6 @@ import functools
 import inspect
 import json
 import math
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -48,6 +47,7 @@ import triton
 
 import maskc
 from maskc.measure.reference import rel_err
+from maskc.measure.timing import time_ms
 from maskc.runtime import LoadedFamily, load_plan
 from maskc.runtime.format import atomic_write
 
@@ -83,34 +83,6 @@ class Packing:
         self.cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(flat)]), dtype=torch.int32, device=device)
         self.longest = max(flat)
         self.pairs = sum(length * (length + 1) // 2 for length in flat)  # causal pairs, all rows
-
-
-def timer(device: torch.device) -> Callable[[Callable[[], object], int], float]:
-    """Median milliseconds of ``reps`` calls after one warm-up call: CUDA events on a GPU, the wall
-    clock elsewhere."""
-
-    def cuda_ms(fn, reps):
-        fn()
-        times = []
-        for _ in range(reps):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        return float(np.median(times))
-
-    def wall_ms(fn, reps):
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
-        return float(np.median(times))
-
-    return cuda_ms if device.type == "cuda" else wall_ms
 
 
 def forward_and_backward(attend: Callable[..., torch.Tensor], q, k, v, do) -> Callable[[], object]:
@@ -199,7 +171,7 @@ def compiled_kernels(device: torch.device) -> int:
     return sum(len(kernel.device_caches[device.index][0]) for kernel in kernels)
 
 
-def graph_checks(family: LoadedFamily, q, k, v, do, case: tuple[str, int, int], steps: int, reps: int, rng) -> dict:
+def graph_checks(family: LoadedFamily, q, k, v, do, case: tuple[str, int, int], steps: int, ms, rng) -> dict:
     """On a GPU: binding time from a CUDA graph, compilations over ``steps`` fresh packings, and a
     graph of binding + forward attention replayed on a new packing against the eager call."""
     distribution, b, n = case
@@ -219,7 +191,7 @@ def graph_checks(family: LoadedFamily, q, k, v, do, case: tuple[str, int, int], 
 
     out: dict = {}
     bind_graph, _ = captured(lambda: family.bind(position_ids=static))
-    out["bind_graph_us"] = round(1000 * timer(device)(bind_graph.replay, reps * 10), 1)
+    out["bind_graph_us"] = round(1000 * ms(bind_graph.replay), 1)
 
     before = compiled_kernels(device)
     step = forward_and_backward(lambda q, k, v: family.attention(q, k, v, position_ids=static), q, k, v, do)
@@ -235,7 +207,7 @@ def graph_checks(family: LoadedFamily, q, k, v, do, case: tuple[str, int, int], 
         static.copy_(fresh)
         graph.replay()
         out["graph_replay_equal"] = bool(torch.equal(o_graph, family.attention(q, k, v, position_ids=fresh)))
-        out["graph_fwd_ms"] = round(timer(device)(graph.replay, reps), 4)
+        out["graph_fwd_ms"] = round(ms(graph.replay), 4)
     return out
 
 
@@ -245,7 +217,10 @@ def run_case(distribution: str, b: int, n: int, args, device: torch.device, rng)
     family = load_plan(maskc.compile_family({"family": "documents", "max_len": n, "causal": True}), device)
     packing = Packing(rng, distribution, b, n, device)
     q, k, v, do = (torch.randn(b, heads, n, dim, device=device, dtype=dtype) for _ in range(4))
-    time_ms = timer(device)
+
+    def ms(fn) -> float:
+        return time_ms(fn, device, args.warmup_ms, args.rep_ms)
+
     flops = 4 * packing.pairs * dim * heads
     record = {"distribution": distribution, "batch": b, "n": n, "heads": heads, "head_dim": dim, "dtype": str(dtype).split(".")[-1],
               "documents": sum(len(row) for row in packing.lengths), "pairs": packing.pairs, "tiles": [family.plan.block_m, family.plan.block_n]}
@@ -258,8 +233,8 @@ def run_case(distribution: str, b: int, n: int, args, device: torch.device, rng)
         args_in = [varlen_layout(t) for t in (q, k, v, do)] if name == "varlen" else [q, k, v, do]
         try:
             with torch.no_grad():
-                fwd_ms = time_ms(lambda: attend(*args_in[:3]), args.reps)
-            step_ms = time_ms(forward_and_backward(attend, *args_in), args.reps)
+                fwd_ms = ms(lambda: attend(*args_in[:3]))
+            step_ms = ms(forward_and_backward(attend, *args_in))
         except Exception as e:  # a baseline this torch or GPU cannot run is recorded, not fatal; maskc's errors are
             if name == "maskc":
                 raise
@@ -267,10 +242,10 @@ def run_case(distribution: str, b: int, n: int, args, device: torch.device, rng)
             continue
         record[name] = {"fwd_ms": round(fwd_ms, 4), "fwd_bwd_ms": round(step_ms, 4),
                         "fwd_tflops": round(flops / fwd_ms / 1e9, 2), "fwd_bwd_tflops": round(BACKWARD_FACTOR * flops / step_ms / 1e9, 2)}
-    record["flex_block_mask_ms"] = round(time_ms(block_mask, args.reps), 4) if block_mask else None
+    record["flex_block_mask_ms"] = round(ms(block_mask), 4) if block_mask else None
     record["rel_err_vs_maskc"] = agreement(found, q, k, v)
     if device.type == "cuda":
-        record["maskc_checks"] = graph_checks(family, q, k, v, do, (distribution, b, n), args.steps, args.reps, rng)
+        record["maskc_checks"] = graph_checks(family, q, k, v, do, (distribution, b, n), args.steps, ms, rng)
     return record
 
 
@@ -282,7 +257,8 @@ def main() -> None:
     parser.add_argument("--distributions", nargs="+", choices=["lognormal", "uniform"], default=["lognormal", "uniform"])
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup-ms", type=float, default=25.0)
+    parser.add_argument("--rep-ms", type=float, default=200.0, help="timing budget per measurement (medians)")
     parser.add_argument("--steps", type=int, default=100, help="fresh packings over which compilations are counted (GPU)")
     parser.add_argument("--sdpa-max-n", type=int, default=32768, help="run SDPA over whole rows up to this N (it is quadratic)")
     parser.add_argument("--out", default="family_attention.json")
