@@ -54,7 +54,7 @@ class LoadedFamily:
     def __init__(self, plan: FamilyPlan, device: torch.device | str | None = None):
         validate_family(plan)
         self.plan = plan
-        self.device = torch.device(device) if device is not None else None
+        self.device = route_of._canonical(torch.device(device)) if device is not None else None
         self._routes: dict[tuple, tuple[Call, route_of.TileBackend]] = {}
         self._empty: dict[torch.device, torch.Tensor] = {}
 
