@@ -100,6 +100,31 @@ class DevicePlan:
         """:attr:`row_lists` for the dK/dV kernel: the column lists and the columns' launch order."""
         return self.col_ptr, self.col_full, self.col_row, self.col_tile, self.bitmaps, self.intervals, self.col_order, self.perm
 
+    @property
+    def scalars(self) -> tuple[int, int, int, int, bool, tuple[bool, bool, bool, bool]]:
+        """What the kernels need of the plan besides :attr:`row_lists` and :attr:`col_lists`, as an
+        operator takes it (``maskc.runtime.ops``): the tile size, the mask's batch and heads, whether
+        partial tiles are masked by intervals, and the lists' traits."""
+        traits = (self.rows_unbalanced, self.rows_shared, self.cols_unbalanced, self.cols_shared)
+        return self.block_m, self.block_n, self.batch, self.heads, self.variant == "intervals", traits
+
+    @classmethod
+    def from_lists(cls, rows: tuple[torch.Tensor, ...], cols: tuple[torch.Tensor, ...], q_len: int, kv_len: int, block_m: int,
+                   block_n: int, batch: int, heads: int, intervals: bool, traits: tuple[bool, bool, bool, bool]) -> "DevicePlan":
+        """The plan that :attr:`row_lists`, :attr:`col_lists` and :attr:`scalars` came from (an
+        operator's inputs), for mask lengths ``q_len x kv_len``; it has no dense pieces."""
+        row_ptr, row_full, row_col, row_tile, bitmaps, intervals_t, row_order, perm = rows
+        col_ptr, col_full, col_row, col_tile, _, _, col_order, _ = cols
+        inverse = perm.argsort().to(perm.dtype)  # functional (a trace of an operator takes no in-place op here)
+        return cls(
+            q_len=q_len, kv_len=kv_len, batch=batch, heads=heads, block_m=block_m, block_n=block_n,
+            row_ptr=row_ptr, row_full=row_full, row_col=row_col, row_tile=row_tile,
+            col_ptr=col_ptr, col_full=col_full, col_row=col_row, col_tile=col_tile,
+            bitmaps=bitmaps, intervals=intervals_t, variant="intervals" if intervals else "block_sparse",
+            row_order=row_order, col_order=col_order, perm=perm, perm_inverse=inverse,
+            rows_unbalanced=traits[0], rows_shared=traits[1], cols_unbalanced=traits[2], cols_shared=traits[3],
+        )
+
     @classmethod
     def from_plan(cls, plan: Plan, device: torch.device | str | None = None) -> "DevicePlan":
         device = torch.device(device) if device is not None else torch.device("cpu")
