@@ -1,7 +1,8 @@
 """maskc.runtime: load a compiled plan once, then run attention through it.
 
 The plan format needs only numpy and msgpack; the torch-backed names (``load_plan``, ``attention``,
-``LoadedPlan``) are imported on first use, so the compiler and CLI never pay for torch.
+``LoadedPlan``, and ``LoadedFamily``/``BoundPlan`` for family plans) are imported on first use, so
+the compiler and CLI never pay for torch.
 """
 
 from maskc.runtime.format import Plan, PlanError
@@ -10,6 +11,8 @@ _LAZY = {
     "load_plan": "maskc.runtime.loaded",
     "LoadedPlan": "maskc.runtime.loaded",
     "attention": "maskc.runtime.loaded",
+    "LoadedFamily": "maskc.runtime.bound",
+    "BoundPlan": "maskc.runtime.bound",
 }
 
 __all__ = ["Plan", "PlanError", *_LAZY]

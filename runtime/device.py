@@ -1,4 +1,9 @@
-"""A validated plan moved onto a device once: the tensors every backend walks at each step."""
+"""A plan's tensors on one device: what every backend walks at each step.
+
+A static plan is moved here once (:meth:`DevicePlan.from_plan`); a mask family bound to a step's
+data gives one per step (``maskc.runtime.bound``). Both describe their lists in one layout, so the
+kernels and the reference backend cannot tell them apart.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maskc.runtime.format import DENSE_VARIANTS, Plan, inverse_permutation, list_traits
+from maskc.runtime.format import DENSE_VARIANTS, Plan, list_traits
 
-_INDEX_ARRAYS = ("row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile")
+_ENTRY_ARRAYS = ("row_full", "row_col", "row_tile", "col_full", "col_row", "col_tile")
 
 
 @dataclass(frozen=True)
@@ -16,9 +21,12 @@ class DevicePlan:
     """The plan's lists as int32 tensors on one device.
 
     Slice ``s = b * heads + h`` (mask batch and heads; 1 where the mask broadcasts). Query tile row
-    ``m`` of slice ``s`` visits entries ``row_ptr[s * tiles_m + m] : row_ptr[s * tiles_m + m + 1]``
-    of ``row_col``/``row_tile``; the first ``row_full[...]`` of them are full tiles (tile id -1), the
-    rest partial tiles. The column lists are the same for key tiles, for the dK/dV pass.
+    ``m`` of slice ``s`` is list ``r = s * tiles_m + m``: it visits entries ``row_lo[r] : row_hi[r]``
+    of ``row_col``/``row_tile``; the first ``row_full[r]`` of them are full tiles (tile id -1), the
+    rest partial tiles. A static plan's ``row_lo``/``row_hi`` are views of its CSR offsets
+    (``row_ptr[:-1]``, ``row_ptr[1:]``); a bound family's are its ELL lists' own
+    (``maskc.runtime.family.TileLists``). The column lists are the same for key tiles, for the
+    dK/dV pass.
 
     How a partial tile is masked depends on ``variant``:
 
@@ -39,12 +47,19 @@ class DevicePlan:
       rows first). Each slice's segment is a permutation of ``[0, tiles_m)``.
     - ``col_order`` ``[batch * heads * tiles_n]``: the same for the key-tile columns of dK/dV.
     - ``rows_unbalanced``, ``rows_shared`` (and ``cols_...``): traits of the lists
-      (:func:`list_traits`), computed once here, from which each launch chooses its grid.
+      (:func:`list_traits`), from which each launch chooses its grid: a static plan's computed
+      once from its lists, a family's decided by the compiler for the family.
 
-    Token order: ``perm`` (int32 ``[q_len]``, or empty) is the plan's token permutation: the lists
-    describe the mask of the tokens ``perm[0], perm[1], ...``; ``perm_inverse`` undoes it. The
-    kernels take q, k, v in the caller's order and read and write every row through ``perm``; the
-    reference backend gathers into plan order and back.
+    Token order, per slice and per side: ``perm_q`` (int32 ``[batch * heads, q_len]``) gives the
+    caller's query token at each of the slice's plan positions, ``perm_k`` (``[batch * heads,
+    kv_len]``) its key token; the lists describe the mask ``M[s, perm_q[s, i], perm_k[s, j]]``.
+    A static plan has one permutation for every slice and both sides: both are the same stride-0
+    view of it (``perm_q.stride(0) == 0``). Not reordered, both are empty (``[0, q_len]``,
+    ``[0, kv_len]``). The kernels take q, k, v in the caller's order and read and write every row
+    through them (q, o, dq rows through ``perm_q``; k, v, dk, dv rows through ``perm_k``); the
+    log-sum-exp stays in plan positions. The reference backend gathers into plan order and back.
+    The query heads of one GQA group must share one key order (the dK/dV kernel walks them over
+    their key/value head's keys once): ``maskc.runtime.bound`` binds keys per key/value head.
 
     ``pieces``: the plan's dense pieces ``(q0, q1, k0, k1, causal)`` as host integers (they slice the
     inputs), empty when the backward runs through the tile lists (``maskc.runtime.pieces``).
@@ -56,11 +71,13 @@ class DevicePlan:
     heads: int
     block_m: int
     block_n: int
-    row_ptr: torch.Tensor
+    row_lo: torch.Tensor
+    row_hi: torch.Tensor
     row_full: torch.Tensor
     row_col: torch.Tensor
     row_tile: torch.Tensor
-    col_ptr: torch.Tensor
+    col_lo: torch.Tensor
+    col_hi: torch.Tensor
     col_full: torch.Tensor
     col_row: torch.Tensor
     col_tile: torch.Tensor
@@ -69,8 +86,8 @@ class DevicePlan:
     variant: str
     row_order: torch.Tensor
     col_order: torch.Tensor
-    perm: torch.Tensor
-    perm_inverse: torch.Tensor
+    perm_q: torch.Tensor
+    perm_k: torch.Tensor
     rows_unbalanced: bool = False
     rows_shared: bool = False
     cols_unbalanced: bool = False
@@ -87,18 +104,26 @@ class DevicePlan:
 
     @property
     def reordered(self) -> bool:
-        return self.perm.numel() > 0
+        return self.perm_q.numel() > 0
 
     @property
     def row_lists(self) -> tuple[torch.Tensor, ...]:
-        """What the forward and dQ kernels walk, in the order they take it: the row lists, the
-        partial tiles' bitmaps and intervals, the launch order of the rows, the permutation."""
-        return self.row_ptr, self.row_full, self.row_col, self.row_tile, self.bitmaps, self.intervals, self.row_order, self.perm
+        """What the forward and dQ kernels walk, in the order they take it: the row lists' entry
+        ranges and entries, the partial tiles' bitmaps and intervals, the launch order of the rows,
+        the permutations of the queries and of the keys."""
+        return (self.row_lo, self.row_hi, self.row_full, self.row_col, self.row_tile, self.bitmaps, self.intervals,
+                self.row_order, self.perm_q, self.perm_k)
 
     @property
     def col_lists(self) -> tuple[torch.Tensor, ...]:
         """:attr:`row_lists` for the dK/dV kernel: the column lists and the columns' launch order."""
-        return self.col_ptr, self.col_full, self.col_row, self.col_tile, self.bitmaps, self.intervals, self.col_order, self.perm
+        return (self.col_lo, self.col_hi, self.col_full, self.col_row, self.col_tile, self.bitmaps, self.intervals,
+                self.col_order, self.perm_q, self.perm_k)
+
+    @property
+    def perm_strides(self) -> tuple[int, int]:
+        """How far apart two slices' permutations are in ``perm_q`` and ``perm_k`` (0: one for all)."""
+        return tuple(perm.stride(0) if perm.shape[0] > 1 else 0 for perm in (self.perm_q, self.perm_k))
 
     @property
     def scalars(self) -> tuple[int, int, int, int, bool, tuple[bool, bool, bool, bool]]:
@@ -133,9 +158,12 @@ class DevicePlan:
         def to_device(a) -> torch.Tensor:
             return torch.from_numpy(a.astype("<i4")).to(device)
 
-        tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _INDEX_ARRAYS}
+        tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _ENTRY_ARRAYS}
+        for side in ("row", "col"):  # list r's entries are ptr[r] : ptr[r + 1]
+            ptr = to_device(plan.arrays[f"{side}_ptr"][:0] if dense else plan.arrays[f"{side}_ptr"])
+            tensors[f"{side}_lo"], tensors[f"{side}_hi"] = ptr[:-1], ptr[1:]
         bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
-        perm = plan.arrays["perm"]
+        perm = to_device(plan.arrays["perm"])  # one permutation (of a square mask) for every slice, queries and keys alike
         rows = list_traits(plan.arrays["row_ptr"], plan.tiles_n) if not dense else (False, False)
         cols = list_traits(plan.arrays["col_ptr"], plan.tiles_m) if not dense else (False, False)
         return cls(
@@ -150,8 +178,8 @@ class DevicePlan:
             variant=plan.variant,
             row_order=to_device(plan.arrays["row_order"]),
             col_order=to_device(plan.arrays["col_order"]),
-            perm=to_device(perm),
-            perm_inverse=to_device(inverse_permutation(perm)),
+            perm_q=_slice_view(perm, plan.batch * plan.heads, plan.q_len),
+            perm_k=_slice_view(perm, plan.batch * plan.heads, plan.kv_len),
             rows_unbalanced=rows[0], rows_shared=rows[1], cols_unbalanced=cols[0], cols_shared=cols[1],
             pieces=tuple((int(q0), int(q1), int(k0), int(k1), bool(c)) for q0, q1, k0, k1, c in plan.arrays["pieces"]),
             **tensors,
@@ -160,3 +188,8 @@ class DevicePlan:
     def slice_index(self, b: int, h: int) -> int:
         """The mask slice that query batch ``b`` and query head ``h`` read (broadcast where 1)."""
         return (b if self.batch > 1 else 0) * self.heads + (h if self.heads > 1 else 0)
+
+
+def _slice_view(perm: torch.Tensor, slices: int, length: int) -> torch.Tensor:
+    """A static plan's one permutation as every slice's (a stride-0 view), or ``[0, length]`` if it has none."""
+    return perm.expand(slices, length) if perm.numel() else perm.view(0, length)

@@ -23,7 +23,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -33,7 +33,10 @@ from maskc.runtime import pieces as dense_pieces
 from maskc.runtime import reference
 from maskc.runtime.call import Call, check_call
 from maskc.runtime.device import DevicePlan
-from maskc.runtime.format import DENSE_VARIANTS, Plan, PlanError
+from maskc.runtime.format import DENSE_VARIANTS, FamilyPlan, Plan, PlanError
+
+if TYPE_CHECKING:
+    from maskc.runtime.bound import LoadedFamily
 
 BACKENDS = ("auto", "triton", "reference")
 _MAX_ROUTES = 64  # call shapes remembered per plan (a loop with ever new shapes starts over past this)
@@ -163,17 +166,24 @@ def _route_key(q, k, v, backend) -> tuple | None:
     return q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, backend
 
 
-def load_plan(source: str | os.PathLike | bytes | Plan, device: torch.device | str | None = None) -> LoadedPlan:
-    """Load and validate a plan from a path, bytes or a Plan; with ``device``, move it there now."""
+def load_plan(source: str | os.PathLike | bytes | Plan | FamilyPlan, device: torch.device | str | None = None) -> LoadedPlan | LoadedFamily:
+    """Load and validate a plan from a path, bytes or a Plan; with ``device``, move it there now.
+    A family plan gives a :class:`~maskc.runtime.bound.LoadedFamily`, bound to each step's data."""
     if isinstance(source, Plan):
         plan_format.validate(source)
+        plan = source
+    elif isinstance(source, FamilyPlan):
         plan = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
         plan = plan_format.decode(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         plan = plan_format.load(Path(source))
     else:
-        raise PlanError(f"load_plan takes a path, bytes or a Plan, not {type(source).__name__}")
+        raise PlanError(f"load_plan takes a path, bytes, a Plan or a FamilyPlan, not {type(source).__name__}")
+    if isinstance(plan, FamilyPlan):
+        from maskc.runtime.bound import LoadedFamily
+
+        return LoadedFamily(plan, device)
     return LoadedPlan(plan, device)
 
 

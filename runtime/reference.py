@@ -4,8 +4,9 @@ It walks the plan's row lists exactly as the Triton kernels do, with an online s
 builds the ``N x N`` score matrix: it is the oracle the kernels are tested against and the backend
 used on machines without a GPU. A partial tile's mask comes from its bitmap, or, in an interval
 plan, is rebuilt from the key columns' row intervals. Rows with no visible key give zeros and zero
-gradients. A reordered plan's lists describe the tokens in its order (``perm``): the inputs are
-gathered into that order and the outputs back, and the lse stays in plan positions, as in the kernels.
+gradients. A reordered plan's lists describe the tokens in its order, per mask slice and per side
+(``perm_q``, ``perm_k``): the inputs are gathered into that order, query head by query head, and the
+outputs scattered back, and the lse stays in plan positions, as in the kernels.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class Reference:
                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return backward(do, q, k, v, o, lse, self.plan, scale)
 
+    def rebind(self, plan: DevicePlan) -> "Reference":
+        """The backend over ``plan``, a plan of the same sizes as this one (a mask family's next step)."""
+        return Reference(plan)
+
 
 def prepare(plan: DevicePlan, call: Call) -> Reference:
     """The backend for ``plan`` and calls shaped like ``call`` (any call it has passed ``check_call``)."""
@@ -42,9 +47,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: DevicePlan,
     """Attention output (like ``q``) and the natural-log LSE ``[B, Hq, Nq]`` (+inf on empty rows),
     float32 as the kernels' (float64 for float64 inputs, which are computed in float64 throughout)."""
     if plan.reordered:
-        q, k, v = (t.index_select(2, plan.perm) for t in (q, k, v))
-        o, lse = _forward(q, k, v, plan, scale)
-        return o.index_select(2, plan.perm_inverse), lse
+        order = _PlanOrder(plan, q)
+        o, lse = _forward(order.queries(q), order.keys(k), order.keys(v), plan, scale)
+        return order.back(o, order.q_index), lse
     return _forward(q, k, v, plan, scale)
 
 
@@ -80,18 +85,23 @@ def backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, plan: DevicePlan, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the attention with respect to q, k and v, shaped like them."""
+    hkv = k.shape[1]
     if plan.reordered:
-        do, q, k, v, o = (t.index_select(2, plan.perm) for t in (do, q, k, v, o))
-        grads = _backward(do, q, k, v, o, lse, plan, scale)
-        return tuple(g.index_select(2, plan.perm_inverse) for g in grads)
-    return _backward(do, q, k, v, o, lse, plan, scale)
+        order = _PlanOrder(plan, q)
+        dq, dk, dv = _backward(*(order.queries(t) for t in (do, q)), order.keys(k), order.keys(v), order.queries(o), lse, plan, scale)
+        dq, dk, dv = order.back(dq, order.q_index), order.back(dk, order.k_index), order.back(dv, order.k_index)
+    else:
+        dq, dk, dv = _backward(do, q, k, v, o, lse, plan, scale)
+    fold = lambda t: t.view(t.shape[0], hkv, -1, *t.shape[2:]).sum(2)  # noqa: E731  sum each GQA group
+    return dq.to(q.dtype), fold(dk).to(k.dtype), fold(dv).to(v.dtype)
 
 
 def _backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, plan: DevicePlan, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, and dk, dv per query head (k and v repeated for their group), in the accumulation dtype."""
     acc_dtype = _acc_dtype(q)
-    hq, hkv = q.shape[1], k.shape[1]
+    hq = q.shape[1]
     ke, ve = _expand_kv(k, hq), _expand_kv(v, hq)
     delta = (do.to(acc_dtype) * o.to(acc_dtype)).sum(-1)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
@@ -113,9 +123,33 @@ def _backward(
             dk[bs, hs, cols] += ds.transpose(-1, -2) @ qi * scale
             dv[bs, hs, cols] += p.transpose(-1, -2) @ doi
         dq[where] = dqi
-    group = hq // hkv
-    fold = lambda t: t.view(t.shape[0], hkv, group, *t.shape[2:]).sum(2)  # noqa: E731  sum each GQA group
-    return dq.to(q.dtype), fold(dk).to(k.dtype), fold(dv).to(v.dtype)
+    return dq, dk, dv
+
+
+class _PlanOrder:
+    """A reordered plan's token order for inputs like ``q [B, Hq, N, D]``: each query head's rows
+    in its mask slice's order (``perm_q``), and each query head's keys (its key/value head's,
+    repeated per head) in the slice's key order (``perm_k``)."""
+
+    def __init__(self, plan: DevicePlan, q: torch.Tensor):
+        batch, heads = q.shape[:2]
+        b = torch.arange(batch, device=q.device)[:, None] * (plan.heads if plan.batch > 1 else 0)
+        h = torch.arange(heads, device=q.device)[None, :] * (1 if plan.heads > 1 else 0)
+        slices = b + h  # [B, Hq]: the mask slice each query head reads
+        self.heads = heads
+        self.q_index, self.k_index = (perm[slices].long()[..., None] for perm in (plan.perm_q, plan.perm_k))
+
+    def queries(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.gather(t, 2, self.q_index.expand(*self.q_index.shape[:3], t.shape[-1]))
+
+    def keys(self, t: torch.Tensor) -> torch.Tensor:
+        t = _expand_kv(t, self.heads)
+        return torch.gather(t, 2, self.k_index.expand(*self.k_index.shape[:3], t.shape[-1]))
+
+    @staticmethod
+    def back(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``t`` in plan order back in the caller's (the inverse of a gather through ``index``)."""
+        return torch.empty_like(t).scatter_(2, index.expand(*index.shape[:3], t.shape[-1]), t)
 
 
 def _acc_dtype(q: torch.Tensor) -> torch.dtype:
@@ -134,7 +168,7 @@ def _walk(plan: DevicePlan, batch: int, heads: int) -> Iterator[tuple[slice, sli
     A visit is ``(key columns, keep)`` where ``keep`` is the tile's bool mask, or None for a full tile.
     Where the mask broadcasts over batch or heads, one visit list serves them all at once.
     """
-    ptr, full = plan.row_ptr.tolist(), plan.row_full.tolist()
+    lo, hi, full = plan.row_lo.tolist(), plan.row_hi.tolist(), plan.row_full.tolist()
     cols, tiles = plan.row_col.tolist(), plan.row_tile.tolist()
     bits = _unpack_bitmaps(plan.bitmaps, plan.block_n)
     intervals = plan.variant == "intervals"
@@ -147,10 +181,10 @@ def _walk(plan: DevicePlan, batch: int, heads: int) -> Iterator[tuple[slice, sli
             row = s * plan.tiles_m + m
             rows = slice(m * bm, min((m + 1) * bm, plan.q_len))
             visits = []
-            for e in range(ptr[row], ptr[row + 1]):
+            for e in range(lo[row], hi[row]):
                 n = cols[e]
                 c = slice(n * bn, min((n + 1) * bn, plan.kv_len))
-                if e - ptr[row] < full[row]:
+                if e - lo[row] < full[row]:
                     keep = None
                 elif intervals:
                     keep = _interval_tile(plan.intervals[s, :, c], rows)

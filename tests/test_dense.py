@@ -85,8 +85,8 @@ def test_gqa_without_enable_gqa(monkeypatch):
 
 def test_dense_device_plan_holds_no_lists():
     dplan = load_plan(maskc.compile(library.causal(300), block=64, variant="dense_causal"), "cpu").on(torch.device("cpu"))
-    assert dplan.variant == "dense_causal" and dplan.row_ptr.numel() == 0 and dplan.col_row.numel() == 0
-    assert dplan.perm.numel() == 0 and dplan.row_order.numel() == 0
+    assert dplan.variant == "dense_causal" and dplan.row_lo.numel() == 0 and dplan.col_row.numel() == 0
+    assert dplan.perm_q.numel() == 0 and dplan.row_order.numel() == 0
 
 
 def test_dense_plans_still_check_shapes():

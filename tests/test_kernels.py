@@ -55,6 +55,11 @@ def holes(mask, seed):
     return mask
 
 
+def inverse(perm):
+    """The inverse of a permutation (a 1-D tensor)."""
+    return torch.argsort(perm)
+
+
 def rel(x, ref):
     """Max abs error over the largest reference magnitude (floored: a zero reference is not exact in fp)."""
     x, ref = x.detach().double(), ref.detach().double()
@@ -92,7 +97,7 @@ def run(mask, *, B=1, Hq=2, Hkv=None, D=32, dtype=torch.float32, block=(32, 32),
     assert o.shape == q.shape and o.dtype == dtype and o.is_contiguous()
     assert lse.shape == (B, Hq, nq) and lse.dtype == torch.float32
     if dplan.reordered:  # the kernels keep the lse in plan positions; compare it in token order
-        lse = lse.index_select(-1, dplan.perm_inverse)
+        lse = lse.index_select(-1, inverse(dplan.perm_q[0]))
     assert torch.isfinite(o).all()
     assert rel(o, ref[0]) < tol
     empty = torch.isinf(ref[1])
@@ -103,7 +108,7 @@ def run(mask, *, B=1, Hq=2, Hkv=None, D=32, dtype=torch.float32, block=(32, 32),
     assert (o[empty.expand_as(o[..., 0])] == 0).all(), "rows with no visible key must be exactly 0"
     out = {"o": o, "lse": lse, "plan": plan}
     if grads:
-        dq, dk, dv = backward(do, q, k, v, o, lse if not dplan.reordered else lse.index_select(-1, dplan.perm), dplan, scale)
+        dq, dk, dv = backward(do, q, k, v, o, lse if not dplan.reordered else lse.index_select(-1, dplan.perm_q[0]), dplan, scale)
         for name, got, want, like in (("dq", dq, ref[2], q), ("dk", dk, ref[3], k), ("dv", dv, ref[4], v)):
             assert got.shape == like.shape and got.dtype == like.dtype, name
             assert torch.isfinite(got).all(), f"{name} has non-finite values"
@@ -363,15 +368,17 @@ def test_reordered_plans_read_through_the_permutation(n, block, Hkv, layout, dty
     assert plan.reordered
     out = run(mask, plan=plan, B=2, Hq=2, Hkv=Hkv, layout=layout, dtype=dtype, seed=31)
     dplan = DevicePlan.from_plan(plan)
-    permuted = dataclasses.replace(dplan, perm=dplan.perm[:0], perm_inverse=dplan.perm[:0])
+    assert dplan.perm_strides == (0, 0), "a static plan's one permutation serves every slice"
+    permuted = dataclasses.replace(dplan, perm_q=dplan.perm_q[:0], perm_k=dplan.perm_k[:0])
     do, q, k, v, o, lse, _, scale = out["args"]
-    perm, inverse = dplan.perm, dplan.perm_inverse
+    perm = dplan.perm_q[0]
+    back = inverse(perm)
     o_p, lse_p = forward(*(t.index_select(2, perm) for t in (q, k, v)), permuted, scale)
-    assert torch.equal(o_p.index_select(2, inverse), out["o"])
-    assert torch.equal(lse_p.index_select(-1, inverse), lse)  # run() hands back the lse in token order
+    assert torch.equal(o_p.index_select(2, back), out["o"])
+    assert torch.equal(lse_p.index_select(-1, back), lse)  # run() hands back the lse in token order
     grads_p = backward(*(t.index_select(2, perm) for t in (do, q, k, v)), o_p, lse_p, permuted, scale)
     for name, got in zip(("dq", "dk", "dv"), grads_p):
-        assert torch.equal(got.index_select(2, inverse), out[name]), name
+        assert torch.equal(got.index_select(2, back), out[name]), name
 
 
 def test_rejects_dense_variants():

@@ -31,8 +31,8 @@ from maskc.runtime.kernels import bwd, config, fwd
 from maskc.runtime.kernels.launches import dot_precision
 
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024}
-_POINTERS_I32 = {"row_ptr", "row_full", "row_col", "row_tile", "col_ptr", "col_full", "col_row", "col_tile", "bitmaps",
-                 "intervals", "row_order", "col_order", "perm"}
+_POINTERS_I32 = {"row_lo", "row_hi", "row_full", "row_col", "row_tile", "col_lo", "col_hi", "col_full", "col_row", "col_tile",
+                 "bitmaps", "intervals", "row_order", "col_order", "perm_q", "perm_k"}
 _POINTERS_F32 = {"LSE", "DELTA"}
 
 

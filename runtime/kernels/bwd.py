@@ -16,7 +16,8 @@
    longest program by the group size: there the group is split in ``PARTS`` (one query head per
    program for unbalanced columns, else until there are two programs per SM;
    :func:`launches.group_parts`) and each program writes its float32 share, which the host sums
-   over the group.
+   over the group. A reordered plan's keys are read in the order of the program's first query
+   head's mask slice: the heads of a group share one key order (``DevicePlan``).
 
 Partial tiles are masked from their bitmap (block-sparse plans) or from the key columns' row
 intervals (interval plans, constexpr ``INTERVALS``). With S = scale * Q K^T and P = softmax(S) over
@@ -35,14 +36,14 @@ import triton.language as tl
 from maskc.runtime.kernels import common
 from maskc.runtime.kernels.common import (
     LOG2E, LOG2E_F, head_base, interval_visible, lastdim_contiguous, launch_tile, list_entries, load_intervals, load_rows,
-    partial_visible, perm_rows, program_ids, row_program, seq_ptrs, slice_of, store_rows, tile_bits, tile_words,
+    partial_visible, perm_rows, program_ids, row_program, seq_ptrs, slice_of, slice_perm, store_rows, tile_bits, tile_words,
 )
 
 
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v,
-    Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,  # one query head (rows through perm when GATHER)
+    Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,  # one query head (rows through its slice's query permutation when GATHER)
     rows, tiles, bitmaps,  # the column list's query tiles and tile ids; the partial tiles' bitmaps
     lts, lte, uts, ute,  # interval plans: the bounds of the program's key columns in this slice
     lo, hi,  # entries [lo, hi) of this key tile's column list
@@ -103,14 +104,14 @@ def _dkdv_tiles(
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
-    col_ptr, col_full, col_row, col_tile, bitmaps, intervals, col_order, perm,  # the plan's column lists
+    col_lo, col_hi, col_full, col_row, col_tile, bitmaps, intervals, col_order, perm_q, perm_k,  # the plan's column lists
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom,
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
-    Hq, Hkv, Nq, Nk, slice_b, slice_h, tiles_n,
+    Hq, Hkv, Nq, Nk, slice_b, slice_h, tiles_n, perm_q_stride, perm_k_stride,
     scale, qk_scale,
     GROUP: tl.constexpr, PARTS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr,
@@ -129,7 +130,8 @@ def _dkdv_kernel(
     # The key tile: the plan's launch order (heaviest columns first) when it has one, taken from the
     # mask slice of the program's first query head; any order covers every column exactly once.
     tile = pid_tile // SPLIT
-    pid_n = launch_tile(col_order, slice_of(b, h0, slice_b, slice_h), tiles_n, tile, ORDERED=ORDERED)
+    first_slice = slice_of(b, h0, slice_b, slice_h)
+    pid_n = launch_tile(col_order, first_slice, tiles_n, tile, ORDERED=ORDERED)
     key0 = (pid_tile % SPLIT) * KEYS  # the program's first key inside its tile
 
     offs_j = tl.arange(0, KEYS)
@@ -141,7 +143,9 @@ def _dkdv_kernel(
     start_n = pid_n * BLOCK_N + key0
     K_head = head_base(K, b, h_kv, stride_kb, stride_kh)
     V_head = head_base(V, b, h_kv, stride_vb, stride_vh)
-    key_rows = perm_rows(perm, start_n, offs_j, n_ok, GATHER=GATHER)
+    # The keys' permutation, that of the program's first query head: every head of a GQA group
+    # shares its key/value head's order (the caller's to guarantee; a static plan has one order).
+    key_rows = perm_rows(slice_perm(perm_k, first_slice, perm_k_stride), start_n, offs_j, n_ok, GATHER=GATHER)
     k_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER=GATHER, TRANSPOSED=False)
     v_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER=GATHER, TRANSPOSED=False)
     k = load_rows(k_ptrs, n_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_N, CHECK_D=not EVEN_D)
@@ -154,7 +158,8 @@ def _dkdv_kernel(
     for g in range(HEADS):
         h = h0 + g
         mask_slice = slice_of(b, h, slice_b, slice_h)
-        lo, n_full, hi = list_entries(col_ptr, col_full, mask_slice * tiles_n + pid_n)
+        lo, n_full, hi = list_entries(col_lo, col_hi, col_full, mask_slice * tiles_n + pid_n)
+        q_perm = slice_perm(perm_q, mask_slice, perm_q_stride)
         if INTERVALS:  # this program's key columns' bounds, loaded once per slice
             lts, lte, uts, ute = load_intervals(intervals + mask_slice.to(tl.int64) * 4 * Nk, offs_n, n_ok, Nk)
         else:
@@ -165,14 +170,14 @@ def _dkdv_kernel(
         DELTA_head = DELTA + (b * Hq + h).to(tl.int64) * Nq
         # Phase 1: full tiles, no mask.
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, q_perm,
             col_row, col_tile, bitmaps, lts, lte, uts, ute, lo, lo + n_full, Nq, qk_scale, key0, n_ok, offs_d, d_ok,
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_M=SUB_M, KEYS=KEYS, EVEN_M=EVEN_M, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
             MASKED=False, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,
         )
         # Phase 2: partial tiles, mask rebuilt in registers.
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, perm,
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qm, stride_dom, q_perm,
             col_row, col_tile, bitmaps, lts, lte, uts, ute, lo + n_full, hi, Nq, qk_scale, key0, n_ok, offs_d, d_ok,
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_M=SUB_M, KEYS=KEYS, EVEN_M=EVEN_M, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
             MASKED=True, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,
@@ -192,7 +197,7 @@ def _dkdv_kernel(
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse2, delta,
-    K_head, V_head, stride_kn, stride_vn, perm,  # the key/value head (rows through perm when GATHER)
+    K_head, V_head, stride_kn, stride_vn, perm,  # the key/value head (rows through the slice's key permutation when GATHER)
     cols, tiles, bitmaps, slice_intervals,  # the row list's key tiles and tile ids; the partial tiles' masks
     lo, hi,  # entries [lo, hi) of the row list
     Nk, qk_scale,
@@ -233,14 +238,14 @@ def _dq_tiles(
 @triton.jit
 def _dq_kernel(
     Q, K, V, DO, O, LSE, DELTA, DQ,
-    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm,  # the plan's row lists
+    row_lo, row_hi, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm_q, perm_k,  # the plan's row lists
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_dom,
     stride_ob, stride_oh, stride_om,
     stride_dqb, stride_dqh, stride_dqm,
-    Hq, Nq, Nk, slice_b, slice_h, tiles_m,
+    Hq, Nq, Nk, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
     scale, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
@@ -249,9 +254,11 @@ def _dq_kernel(
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
-        row_ptr, row_full, row_order, Hq, GROUP, slice_b, slice_h, tiles_m,
+        row_lo, row_hi, row_full, row_order, Hq, GROUP, slice_b, slice_h, tiles_m,
         BLOCK_M=BLOCK_M, ROWS=ROWS, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
+    q_perm = slice_perm(perm_q, mask_slice, perm_q_stride)  # reordered plans only
+    k_perm = slice_perm(perm_k, mask_slice, perm_k_stride)
 
     start_m = pid_m * BLOCK_M + row0
     Q_head = head_base(Q, b, h, stride_qb, stride_qh)
@@ -267,7 +274,7 @@ def _dq_kernel(
     offs_d = tl.arange(0, D_PAD)
     m_ok = offs_m < Nq
     d_ok = offs_d < HEAD_DIM
-    q_rows = perm_rows(perm, start_m, offs_i, m_ok, GATHER=GATHER)
+    q_rows = perm_rows(q_perm, start_m, offs_i, m_ok, GATHER=GATHER)
     q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     o_ptrs = seq_ptrs(O_head, start_m, offs_i, stride_om, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
@@ -286,14 +293,14 @@ def _dq_kernel(
     dq = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
     # Phase 1: full tiles, no mask.
     dq = _dq_tiles(
-        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
+        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, k_perm, row_col, row_tile, bitmaps, slice_intervals,
         lo, lo + n_full, Nk, qk_scale, offs_m_tile, offs_m, offs_d, d_ok,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_N=SUB_N, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
         MASKED=False, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,
     )
     # Phase 2: partial tiles, mask rebuilt in registers.
     dq = _dq_tiles(
-        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
+        dq, q, do, lse2, delta, K_head, V_head, stride_kn, stride_vn, k_perm, row_col, row_tile, bitmaps, slice_intervals,
         lo + n_full, hi, Nk, qk_scale, offs_m_tile, offs_m, offs_d, d_ok,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_N=SUB_N, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
         MASKED=True, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,

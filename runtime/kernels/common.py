@@ -12,9 +12,12 @@ Index conventions used by every kernel in this package
   row ``i`` and tile column ``j`` is bit ``j % 32`` (LSB first) of word ``i * WORDS + j // 32``.
 * An interval plan masks query row ``i`` of key column ``j`` iff ``LTS <= i < LTE`` or
   ``UTS <= i < UTE`` with the bounds ``intervals[s, 0..3, j]`` (``[slices, 4, Nk]`` int32).
-* Token order: a reordered plan's positions are the caller's tokens ``perm[0], perm[1], ...``; the
-  kernels address every q, k, v, o and gradient row through ``perm`` (constexpr ``GATHER``,
-  :func:`perm_rows`, :func:`seq_ptrs`), while the lse and delta they keep for themselves stay in plan positions.
+* Token order, per slice and per side: a reordered plan's positions of slice ``s`` are the caller's
+  query tokens ``perm_q[s, 0], perm_q[s, 1], ...`` and key tokens ``perm_k[s, 0], ...``; the
+  kernels address every q, o and dq row through ``perm_q`` and every k, v, dk and dv row through
+  ``perm_k`` (constexpr ``GATHER``, :func:`slice_perm`, :func:`perm_rows`, :func:`seq_ptrs`), while
+  the lse and delta they keep for themselves stay in plan positions. A static plan's one
+  permutation serves every slice and both sides (slice stride 0).
 * Launch order: with the plan's ``row_order``/``col_order`` (constexpr ``ORDERED``), program ``i``
   of a slice takes tile ``order[s * tiles + i]`` (heaviest first) instead of tile ``i``.
 * Grid: ``(tiles, B·H)``, or with ``HEADS_FAST`` (``launches.heads_fast``) ``(B·H, tiles)``, so the
@@ -72,17 +75,25 @@ def launch_tile(order, mask_slice, tiles, tile, ORDERED: tl.constexpr):
 
 
 @triton.jit
-def list_entries(ptr, full, index):
+def list_entries(list_lo, list_hi, full, index):
     """The entries ``[lo, hi)`` of list ``index`` (a row or column list), of which the first
-    ``n_full`` are full tiles."""
-    lo = tl.load(ptr + index)
+    ``n_full`` are full tiles: ``lo = list_lo[index]``, ``hi = list_hi[index]`` (a static plan's
+    CSR offsets ``ptr[index]``, ``ptr[index + 1]``; a bound family's ELL ranges)."""
+    lo = tl.load(list_lo + index)
     n_full = tl.load(full + index)
-    hi = tl.load(ptr + index + 1)
+    hi = tl.load(list_hi + index)
     return lo, n_full, hi
 
 
 @triton.jit
-def row_program(row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
+def slice_perm(perm, mask_slice, stride):
+    """The permutation of mask slice ``mask_slice`` in ``perm`` (``stride`` apart; 0 when one
+    permutation serves every slice)."""
+    return perm + mask_slice.to(tl.int64) * stride
+
+
+@triton.jit
+def row_program(row_lo, row_hi, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
                 BLOCK_M: tl.constexpr, ROWS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr):
     """What a forward or dQ program works on: its ``pid_bh = b * Hq + h``, batch ``b``, query head
     ``h``, key/value head ``h_kv``, mask slice, query tile ``pid_m`` (in the plan's launch order),
@@ -96,7 +107,7 @@ def row_program(row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles
     mask_slice = slice_of(b, h, slice_b, slice_h)
     pid_m = launch_tile(row_order, mask_slice, tiles_m, pid_tile // SPLIT, ORDERED=ORDERED)
     row0 = (pid_tile % SPLIT) * ROWS
-    lo, n_full, hi = list_entries(row_ptr, row_full, mask_slice * tiles_m + pid_m)
+    lo, n_full, hi = list_entries(row_lo, row_hi, row_full, mask_slice * tiles_m + pid_m)
     return pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi
 
 

@@ -20,14 +20,14 @@ import triton.language as tl
 from maskc.runtime.kernels import common
 from maskc.runtime.kernels.common import (
     FULL_TILE, LN2, LOG2E_F, full_run, head_base, lastdim_contiguous, load_rows, partial_visible, perm_rows, row_program, seq_ptrs,
-    store_rows,
+    slice_perm, store_rows,
 )
 
 
 @triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q,
-    K_head, V_head, stride_kn, stride_vn, perm,  # the key/value head (rows through perm when GATHER)
+    K_head, V_head, stride_kn, stride_vn, perm,  # the key/value head (rows through the slice's key permutation when GATHER)
     cols, tiles, bitmaps, slice_intervals,  # the row list's key tiles and tile ids; the partial tiles' masks
     lo, hi, first,  # entries [lo, hi) of the row list; unmasked, they are key tiles first, first + 1, ...
     Nk, qk_scale,
@@ -83,12 +83,12 @@ def _fwd_tiles(
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
-    row_ptr, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm,  # the plan's row lists
+    row_lo, row_hi, row_full, row_col, row_tile, bitmaps, intervals, row_order, perm_q, perm_k,  # the plan's row lists
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    Hq, Nq, Nk, group, slice_b, slice_h, tiles_m,
+    Hq, Nq, Nk, group, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
     qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
@@ -97,9 +97,11 @@ def _fwd_kernel(
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
     pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
-        row_ptr, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
+        row_lo, row_hi, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
         BLOCK_M=BLOCK_M, ROWS=ROWS, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST)
     slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
+    q_perm = slice_perm(perm_q, mask_slice, perm_q_stride)  # reordered plans only
+    k_perm = slice_perm(perm_k, mask_slice, perm_k_stride)
 
     start_m = pid_m * BLOCK_M + row0
     Q_head = head_base(Q, b, h, stride_qb, stride_qh)
@@ -113,7 +115,7 @@ def _fwd_kernel(
     offs_d = tl.arange(0, D_PAD)
     m_ok = offs_m < Nq
     d_ok = offs_d < HEAD_DIM
-    q_rows = perm_rows(perm, start_m, offs_i, m_ok, GATHER=GATHER)
+    q_rows = perm_rows(q_perm, start_m, offs_i, m_ok, GATHER=GATHER)
     q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     q = load_rows(q_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)
 
@@ -124,14 +126,14 @@ def _fwd_kernel(
     # Phase 1: the full tiles if they are one run of key tiles, no mask.
     first, n_run = full_run(row_col, lo, n_full)
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, k_perm, row_col, row_tile, bitmaps, slice_intervals,
         lo, lo + n_run, first, Nk, qk_scale, offs_m_tile, offs_m, offs_d, d_ok,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_N=SUB_N, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
         MASKED=False, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,
     )
     # Phase 2: the other tiles, mask rebuilt in registers.
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, perm, row_col, row_tile, bitmaps, slice_intervals,
+        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_vn, k_perm, row_col, row_tile, bitmaps, slice_intervals,
         lo + n_run, hi, first, Nk, qk_scale, offs_m_tile, offs_m, offs_d, d_ok,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SUB_N=SUB_N, EVEN_N=EVEN_N, EVEN_D=EVEN_D,
         MASKED=True, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,

@@ -60,7 +60,10 @@ def plan_launches(plan: DevicePlan, call: Call) -> Launches:
         INTERVALS=plan.variant == "intervals", GATHER=plan.reordered, DOT_PRECISION=dot_precision(call.dtype, cfg),
     )
     # slice s = b * slice_b + h * slice_h (0 where the mask broadcasts)
-    sizes = dict(Nq=call.q_len, Nk=call.kv_len, slice_b=plan.heads if plan.batch > 1 else 0, slice_h=1 if plan.heads > 1 else 0)
+    # slice s's permutations are perm_q[s * perm_q_stride ...], perm_k[s * perm_k_stride ...] (0: one for all)
+    perm_q_stride, perm_k_stride = plan.perm_strides
+    sizes = dict(Nq=call.q_len, Nk=call.kv_len, slice_b=plan.heads if plan.batch > 1 else 0, slice_h=1 if plan.heads > 1 else 0,
+                 perm_q_stride=perm_q_stride, perm_k_stride=perm_k_stride)
     row_order, col_order = plan.row_order.numel() > 0, plan.col_order.numel() > 0
     # the programs of a row list share K and V rows; those of a column list, Q and dO rows
     kv_bytes = b * hkv * call.kv_len * d * call.dtype.itemsize
@@ -99,8 +102,8 @@ def _check_call(plan: DevicePlan, call: Call) -> None:
         raise ValueError(f"the Triton kernels run on CUDA tensors, and these are on {call.device}: use CUDA tensors, "
                          f"backend='reference', or set TRITON_INTERPRET=1 before maskc.runtime.kernels is first imported "
                          f"to run them in Triton's interpreter")
-    if plan.row_ptr.device != call.device:
-        raise ValueError(f"plan is on {plan.row_ptr.device} but q is on {call.device}; move it with DevicePlan.from_plan(plan, device)")
+    if plan.row_lo.device != call.device:
+        raise ValueError(f"plan is on {plan.row_lo.device} but q is on {call.device}; move it with DevicePlan.from_plan(plan, device)")
     if plan.variant not in KERNEL_VARIANTS:
         raise ValueError(f"a {plan.variant!r} plan has no tile lists for the Triton kernels (run it with a dense attention kernel); "
                          f"they take {KERNEL_VARIANTS}")

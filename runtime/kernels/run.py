@@ -21,15 +21,21 @@ from maskc.runtime.kernels.launches import Launches, plan_launches
 class TileKernels:
     """The forward and backward kernels for ``plan`` and calls shaped like ``call``.
 
-    The launches are decided when this is made, and again only when a configuration
-    override (:func:`.config.override`) has changed since.
+    The launches are decided when this is made (or taken from ``launches``, decided for a plan
+    of the same sizes, variant and traits), and again only when a configuration override
+    (:func:`.config.override`) has changed since.
     """
 
-    def __init__(self, plan: DevicePlan, call: Call):
+    def __init__(self, plan: DevicePlan, call: Call, launches: Launches | None = None):
         self.plan, self.call = plan, call
         self.rows, self.cols = plan.row_lists, plan.col_lists
         self._overrides = config.overrides()
-        self._launches = plan_launches(plan, call)
+        self._launches = plan_launches(plan, call) if launches is None else launches
+
+    def rebind(self, plan: DevicePlan) -> "TileKernels":
+        """These kernels over ``plan``, a plan of the same sizes, variant, traits and permutation
+        strides as this one (a mask family's next step): its tensors, launched as decided here."""
+        return TileKernels(plan, self.call, self.launches)
 
     @property
     def launches(self) -> Launches:
