@@ -138,15 +138,14 @@ class DevicePlan:
                    block_n: int, batch: int, heads: int, intervals: bool, traits: tuple[bool, bool, bool, bool]) -> "DevicePlan":
         """The plan that :attr:`row_lists`, :attr:`col_lists` and :attr:`scalars` came from (an
         operator's inputs), for mask lengths ``q_len x kv_len``; it has no dense pieces."""
-        row_ptr, row_full, row_col, row_tile, bitmaps, intervals_t, row_order, perm = rows
-        col_ptr, col_full, col_row, col_tile, _, _, col_order, _ = cols
-        inverse = perm.argsort().to(perm.dtype)  # functional (a trace of an operator takes no in-place op here)
+        row_lo, row_hi, row_full, row_col, row_tile, bitmaps, intervals_t, row_order, perm_q, perm_k = rows
+        col_lo, col_hi, col_full, col_row, col_tile, _, _, col_order, _, _ = cols
         return cls(
             q_len=q_len, kv_len=kv_len, batch=batch, heads=heads, block_m=block_m, block_n=block_n,
-            row_ptr=row_ptr, row_full=row_full, row_col=row_col, row_tile=row_tile,
-            col_ptr=col_ptr, col_full=col_full, col_row=col_row, col_tile=col_tile,
+            row_lo=row_lo, row_hi=row_hi, row_full=row_full, row_col=row_col, row_tile=row_tile,
+            col_lo=col_lo, col_hi=col_hi, col_full=col_full, col_row=col_row, col_tile=col_tile,
             bitmaps=bitmaps, intervals=intervals_t, variant="intervals" if intervals else "block_sparse",
-            row_order=row_order, col_order=col_order, perm=perm, perm_inverse=inverse,
+            row_order=row_order, col_order=col_order, perm_q=perm_q, perm_k=perm_k,
             rows_unbalanced=traits[0], rows_shared=traits[1], cols_unbalanced=traits[2], cols_shared=traits[3],
         )
 

@@ -135,7 +135,7 @@ class LoadedPlan:
         dplan = self.on(call.device)
         if dplan.variant in DENSE_VARIANTS:
             return _dense(q, k, v, call.scale(scale), causal=dplan.variant == "dense_causal")
-        return ops.attention(ops.operators(resolve_backend(backend, q.is_cuda)), q, k, v, dplan, call.scale(scale))
+        return operator_call(dplan, call, q, k, v, scale, backend)
 
     def _route(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> _Route:
         """Check a call of a new shape, dtype, device or backend, and decide how it runs."""
@@ -156,6 +156,13 @@ class LoadedPlan:
     def __repr__(self) -> str:
         p = self.plan
         return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant}{', reordered' if p.reordered else ''})"
+
+
+def operator_call(plan: DevicePlan, call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                  backend: str) -> torch.Tensor:
+    """Attention through ``plan`` (a static plan's or a bound step's tile lists) as one call of the
+    backend's registered operator, for a ``call`` checked against it: what a trace records."""
+    return ops.attention(ops.operators(resolve_backend(backend, q.is_cuda)), q, k, v, plan, call.scale(scale))
 
 
 def _route_key(q, k, v, backend) -> tuple | None:

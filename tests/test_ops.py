@@ -21,7 +21,9 @@ import torch
 from conftest import dense_reference, rel_err
 
 import maskc
+from maskc.family import DEFAULTS
 from maskc.runtime import load_plan, ops
+from maskc.runtime.format import TRAITS, FamilyPlan
 from maskc.runtime.kernels import common
 
 N = 64
@@ -63,10 +65,10 @@ PLANS = {
 }
 
 
-def inputs(hq=2, hkv=1, d=16, dtype=torch.float32, seed=0):
+def inputs(hq=2, hkv=1, d=16, dtype=torch.float32, seed=0, batch=2, n=N):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, hq, N, d, generator=g, dtype=dtype)
-    k, v = (torch.randn(2, hkv, N, d, generator=g, dtype=dtype) for _ in range(2))
+    q = torch.randn(batch, hq, n, d, generator=g, dtype=dtype)
+    k, v = (torch.randn(batch, hkv, n, d, generator=g, dtype=dtype) for _ in range(2))
     return q, k, v, torch.randn(q.shape, generator=g, dtype=dtype)
 
 
@@ -228,3 +230,24 @@ def test_triton_kernels_clone_only_their_outputs(traced_graph):
     per call, and a written graph input is copied back after it)."""
     clones = [line.split("tensors_to_clone = ")[1].split("]")[0] for line in _launches(traced_graph)]
     assert clones == ["['O', 'LSE'", "['DELTA', 'DQ'", "['DK', 'DV'"]
+
+
+def test_bind_and_attention_compile_once_for_every_step_of_a_family():
+    """torch.compile(fullgraph=True) takes a documents family's binding (from position_ids) and the
+    attention through the bound step: steps of new document lengths reuse the graph, and equal eager.
+    (CPU: binding by torch operations and the reference operator; the Triton binding kernels are
+    traced by Dynamo's own Triton support on a GPU, not in the interpreter.)"""
+    family = load_plan(FamilyPlan("documents", DEFAULTS["documents"], 128, 32, 32, dict.fromkeys(TRAITS, False)))
+
+    def step(q, k, v, position_ids):
+        return family.bind(backend="reference", position_ids=position_ids).attention(q, k, v, backend="reference")
+
+    compiled = torch.compile(step, fullgraph=True)
+    for i, lengths in enumerate(([30, 50, 16], [5, 91], [96])):
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+        q, k, v, do = inputs(hq=2, hkv=1, seed=i, batch=1, n=96)
+        eager = attention_and_grads(lambda *a: step(*a, position_ids), q, k, v, do)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            got = attention_and_grads(lambda *a: compiled(*a, position_ids), q, k, v, do)
+        for name, e, c in zip(("out", "dq", "dk", "dv"), eager, got):
+            assert torch.equal(e, c), name
