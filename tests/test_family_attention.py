@@ -20,7 +20,9 @@ import pytest
 import torch
 from conftest import dense_reference, rel_err
 from family_check import NoHostSync, poison_outputs
-from test_family_kinds import buckets_mask, doc_ids, documents_mask, forest, position_ids, preorder, renumber, segments, shared_prefix_mask, tree_mask
+from test_family_kinds import (
+    buckets_mask, doc_ids, documents_mask, forest, position_ids, preorder, renumber, segments, shared_prefix_ids, shared_prefix_mask, tree_mask,
+)
 
 import maskc
 from maskc.family import DEFAULTS
@@ -77,16 +79,7 @@ def documents_step(rng, given_as: str) -> Step:
 
 
 def shared_prefix_step(rng) -> Step:
-    groups, answers = [], []
-    for _ in range(2):
-        g, a = [], []
-        for number, length in enumerate(segments(rng, 100, 40)):
-            parts = segments(rng, length, max(1, length // 3))
-            g += [-1 if rng.random() < 0.15 else number] * length
-            a += sum(([0 if k == 0 else 1 + k % 2] * part for k, part in enumerate(parts)), [])
-        groups.append(g)
-        answers.append(a)
-    groups, answers = np.array(groups), np.array(answers)
+    groups, answers = shared_prefix_ids(rng, 2, 100, 40)
     data = {"group_ids": torch.from_numpy(groups), "segment_ids": torch.from_numpy(answers)}
     return Step("shared_prefix", {}, data, shared_prefix_mask(groups, answers)[:, None])
 

@@ -216,19 +216,25 @@ def test_documents_from_cu_seqlens(seed):
     bind_both(runs, *blocks(rng), documents_mask(ids[None], bool(seed % 2)))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_shared_prefix_groups(seed):
-    rng = np.random.default_rng(seed)
+def shared_prefix_ids(rng, batch, n, longest):
+    """Group ids (some groups padding, id -1) and segment ids (0: the shared prefix, then answers
+    alternating 1 and 2) of ``batch`` rows of ``n`` tokens, groups of up to ``longest`` tokens."""
     groups, answers = [], []
-    for b in range(2):
+    for _ in range(batch):
         g, a = [], []
-        for number, length in enumerate(segments(rng, 140, 50)):
+        for number, length in enumerate(segments(rng, n, longest)):
             parts = segments(rng, length, max(1, length // 3))
             g += [-1 if rng.random() < 0.15 else number] * length
             a += sum(([0 if k == 0 else 1 + k % 2] * part for k, part in enumerate(parts)), [])
         groups.append(g)
         answers.append(a)
-    groups, answers = np.array(groups), np.array(answers)
+    return np.array(groups), np.array(answers)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_shared_prefix_groups(seed):
+    rng = np.random.default_rng(seed)
+    groups, answers = shared_prefix_ids(rng, 2, 140, 50)
     runs = partial(family.shared_prefix, torch.from_numpy(groups), torch.from_numpy(answers))
     bind_both(runs, *blocks(rng), shared_prefix_mask(groups, answers))
 

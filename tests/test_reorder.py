@@ -146,10 +146,11 @@ def test_reference_backend_on_a_reordered_plan(batch, hq, hkv):
     assert torch.all(got[0][:, :, :7] == 0) and torch.all(got[1][:, :, :7] == 0)
 
 
-def test_device_plan_holds_the_permutation_and_its_inverse():
+def test_device_plan_holds_the_permutation_for_every_slice_and_side():
     plan = maskc.compile(scrambled(band(100, 4), seed=6), block=32, reorder="rcm")
     dplan = load_plan(plan, "cpu").on(torch.device("cpu"))
     perm = torch.from_numpy(plan.arrays["perm"].astype(np.int64))
-    assert dplan.reordered and dplan.perm.dtype == torch.int32
-    assert torch.equal(dplan.perm.long(), perm)
-    assert torch.equal(dplan.perm_inverse.long()[perm], torch.arange(100))
+    assert dplan.reordered and dplan.perm_q.dtype == dplan.perm_k.dtype == torch.int32
+    assert dplan.perm_q.shape == dplan.perm_k.shape == (plan.batch * plan.heads, 100)
+    assert torch.equal(dplan.perm_q[0].long(), perm) and torch.equal(dplan.perm_k[0].long(), perm)
+    assert dplan.perm_strides == (0, 0)  # one permutation, shared by the slices: a view, not copies
