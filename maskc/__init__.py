@@ -18,6 +18,7 @@ _LAZY = {
     "PlanError": ("maskc.runtime.format", "PlanError"),
     "Plan": ("maskc.runtime.format", "Plan"),
     "library": ("maskc.library", None),
+    "varlen_attention": ("maskc.integrations.varlen", "varlen_attention"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -27,6 +27,7 @@ import torch
 
 from maskc.runtime import family
 from maskc.runtime import loaded as route_of
+from maskc.runtime import ops
 from maskc.runtime.call import Call, check_call
 from maskc.runtime.device import DevicePlan
 from maskc.runtime.family import BindError
@@ -173,7 +174,12 @@ class BoundPlan:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
                   backend: str = "auto") -> torch.Tensor:
         """Masked attention through the bound mask, as :meth:`maskc.runtime.LoadedPlan.attention`:
-        ``[B, H, N, D]`` tensors of the bound length, GQA, autograd; rows with no visible key give zeros."""
+        ``[B, H, N, D]`` tensors of the bound length, GQA, autograd; rows with no visible key give zeros.
+        Under a trace (``torch.compile``), one call of the registered operator, the step's tensors its inputs."""
+        if ops.traced(q):
+            call = check_call(self.plan, q, k, v)
+            _check_key_order(self, call)
+            return route_of.operator_call(self.plan, call, q, k, v, scale, backend)
         route = self.family._route(self, q, k, v, backend)
         return route.run(q, k, v, route.call.scale(scale))
 

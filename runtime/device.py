@@ -125,6 +125,30 @@ class DevicePlan:
         """How far apart two slices' permutations are in ``perm_q`` and ``perm_k`` (0: one for all)."""
         return tuple(perm.stride(0) if perm.shape[0] > 1 else 0 for perm in (self.perm_q, self.perm_k))
 
+    @property
+    def scalars(self) -> tuple[int, int, int, int, bool, tuple[bool, bool, bool, bool]]:
+        """What the kernels need of the plan besides :attr:`row_lists` and :attr:`col_lists`, as an
+        operator takes it (``maskc.runtime.ops``): the tile size, the mask's batch and heads, whether
+        partial tiles are masked by intervals, and the lists' traits."""
+        traits = (self.rows_unbalanced, self.rows_shared, self.cols_unbalanced, self.cols_shared)
+        return self.block_m, self.block_n, self.batch, self.heads, self.variant == "intervals", traits
+
+    @classmethod
+    def from_lists(cls, rows: tuple[torch.Tensor, ...], cols: tuple[torch.Tensor, ...], q_len: int, kv_len: int, block_m: int,
+                   block_n: int, batch: int, heads: int, intervals: bool, traits: tuple[bool, bool, bool, bool]) -> "DevicePlan":
+        """The plan that :attr:`row_lists`, :attr:`col_lists` and :attr:`scalars` came from (an
+        operator's inputs), for mask lengths ``q_len x kv_len``; it has no dense pieces."""
+        row_lo, row_hi, row_full, row_col, row_tile, bitmaps, intervals_t, row_order, perm_q, perm_k = rows
+        col_lo, col_hi, col_full, col_row, col_tile, _, _, col_order, _, _ = cols
+        return cls(
+            q_len=q_len, kv_len=kv_len, batch=batch, heads=heads, block_m=block_m, block_n=block_n,
+            row_lo=row_lo, row_hi=row_hi, row_full=row_full, row_col=row_col, row_tile=row_tile,
+            col_lo=col_lo, col_hi=col_hi, col_full=col_full, col_row=col_row, col_tile=col_tile,
+            bitmaps=bitmaps, intervals=intervals_t, variant="intervals" if intervals else "block_sparse",
+            row_order=row_order, col_order=col_order, perm_q=perm_q, perm_k=perm_k,
+            rows_unbalanced=traits[0], rows_shared=traits[1], cols_unbalanced=traits[2], cols_shared=traits[3],
+        )
+
     @classmethod
     def from_plan(cls, plan: Plan, device: torch.device | str | None = None) -> "DevicePlan":
         device = torch.device(device) if device is not None else torch.device("cpu")

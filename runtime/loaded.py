@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from maskc.runtime import format as plan_format
+from maskc.runtime import ops
 from maskc.runtime import pieces as dense_pieces
 from maskc.runtime import reference
 from maskc.runtime.call import Call, check_call
@@ -114,13 +115,27 @@ class LoadedPlan:
         (positive, below a limit that float32 softmax sets: ``maskc.runtime.call``) defaults to
         ``1/sqrt(D)``. ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference backend
         elsewhere), ``"triton"`` or ``"reference"``. Rows with no visible key give zeros.
+
+        Under ``torch.compile`` (``fullgraph=True`` included) and any other trace, the call is one
+        registered operator (``maskc.runtime.ops``); the plan must be on the call's device by then
+        (``load_plan(..., device=...)``, or one eager call).
         """
+        if ops.traced(q):
+            return self._operator_call(q, k, v, scale, backend)
         route = self._routes.get(_route_key(q, k, v, backend))
         if route is None:
             route = self._route(q, k, v, backend)
         return route.run(q, k, v, route.call.scale(scale))
 
     __call__ = attention
+
+    def _operator_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, backend: str) -> torch.Tensor:
+        """A call through the backend's operator, checked as an eager one (a trace runs this once)."""
+        call = check_call(self.plan, q, k, v)
+        dplan = self.on(call.device)
+        if dplan.variant in DENSE_VARIANTS:
+            return _dense(q, k, v, call.scale(scale), causal=dplan.variant == "dense_causal")
+        return operator_call(dplan, call, q, k, v, scale, backend)
 
     def _route(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> _Route:
         """Check a call of a new shape, dtype, device or backend, and decide how it runs."""
@@ -141,6 +156,13 @@ class LoadedPlan:
     def __repr__(self) -> str:
         p = self.plan
         return f"LoadedPlan({p.batch}x{p.heads}x{p.q_len}x{p.kv_len}, block {p.block_m}x{p.block_n}, {p.variant}{', reordered' if p.reordered else ''})"
+
+
+def operator_call(plan: DevicePlan, call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                  backend: str) -> torch.Tensor:
+    """Attention through ``plan`` (a static plan's or a bound step's tile lists) as one call of the
+    backend's registered operator, for a ``call`` checked against it: what a trace records."""
+    return ops.attention(ops.operators(resolve_backend(backend, q.is_cuda)), q, k, v, plan, call.scale(scale))
 
 
 def _route_key(q, k, v, backend) -> tuple | None:
