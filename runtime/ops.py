@@ -10,11 +10,10 @@ log-sum-exp; autograd is registered with ``register_autograd`` and runs the back
 for a plan with dense pieces where a dense kernel takes the inputs, the pieces' backward
 (:mod:`maskc.runtime.pieces`, torch operations).
 
-The Triton pair is a ``torch.library.triton_op`` (torch >= 2.6, kernels compiled rather than
-interpreted) whose kernel launches are wrapped by ``torch.library.wrap_triton``: Inductor traces
-into it and sees the kernels. Otherwise, and always for the reference backend, the pair is an opaque
-``torch.library.custom_op`` with a fake implementation (shapes only). Both pass
-``torch.library.opcheck``.
+Both pairs are opaque ``torch.library.custom_op``s with fake implementations (shapes only), and
+pass ``torch.library.opcheck``. The Triton pair is not a ``triton_op``: Inductor recompiles a
+``wrap_triton`` kernel itself, and on torch 2.11 with Triton 3.6 that compile of the forward kernel
+fails (``benchmarks/NOTES.md``), while the opaque operator runs the kernels exactly as an eager call.
 
 ``LoadedPlan.attention`` calls these operators whenever a trace or a dispatch mode is watching
 (``torch.compile``, ``make_fx``, ``torch.export``, fake or subclassed tensors). A plain eager call on
@@ -68,29 +67,17 @@ class Operators:
         self.pieces = pieces
 
 
-def define(name: str, forward: Callable, backward: Callable, traceable: bool, pieces: bool) -> Operators:
+def define(name: str, forward: Callable, backward: Callable, pieces: bool) -> Operators:
     """Register ``maskc::{name}`` and ``maskc::{name}_backward`` with the implementations ``forward``
     and ``backward`` (taking the arguments of :func:`forward_signature` and :func:`backward_signature`),
-    their fake implementations and autograd. ``traceable``: as ``triton_op`` (the implementations are
-    torch operations and ``wrap_triton`` launches, traced by Inductor), else opaque ``custom_op``s.
-    ``pieces``: as :class:`Operators`."""
-    register = _triton_op if traceable else _custom_op
-    forward_op = register(f"maskc::{name}", _with_signature(forward, forward_signature))
-    backward_op = register(f"maskc::{name}_backward", _with_signature(backward, backward_signature))
-    if not traceable:
-        forward_op.register_fake(_fake_forward)
-        backward_op.register_fake(_fake_backward)
+    their fake implementations and autograd. ``pieces``: as :class:`Operators`."""
+    forward_op = torch.library.custom_op(f"maskc::{name}", _with_signature(forward, forward_signature), mutates_args=())
+    backward_op = torch.library.custom_op(f"maskc::{name}_backward", _with_signature(backward, backward_signature), mutates_args=())
+    forward_op.register_fake(_fake_forward)
+    backward_op.register_fake(_fake_backward)
     ops = Operators(name, pieces)
     forward_op.register_autograd(functools.partial(_backward, ops), setup_context=_setup_context)
     return ops
-
-
-def _triton_op(name: str, fn: Callable):
-    return torch.library.triton_op(name, fn, mutates_args=())
-
-
-def _custom_op(name: str, fn: Callable):
-    return torch.library.custom_op(name, fn, mutates_args=())
 
 
 def _with_signature(fn: Callable, like: Callable) -> Callable:
@@ -156,7 +143,7 @@ def _reference_backward(do, q, k, v, o, lse, rows, cols, *scalars_scale):
     return reference.backward(do, q, k, v, o, lse, device_plan(q, k, rows, cols, *scalars), scale)
 
 
-_REFERENCE = define("reference", _reference_forward, _reference_backward, traceable=False, pieces=False)
+_REFERENCE = define("reference", _reference_forward, _reference_backward, pieces=False)
 
 
 def operators(backend: str) -> Operators:

@@ -330,7 +330,7 @@ def launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
 
     delta = common.empty(lse.shape, torch.float32, q.device)  # written by the dQ kernel
     dq = common.empty(q.shape, q.dtype, q.device)
-    common.launcher(_dq_kernel, q)[dq_launch.grid](
+    _dq_kernel[dq_launch.grid](
         q, k, v, do, o, lse, delta, dq, *rows,
         *qkv_do_strides, *o.stride()[:3], *dq.stride()[:3],
         scale=scale, qk_scale=qk_scale, **dq_launch.params,
@@ -342,7 +342,7 @@ def launch_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     parts = dkdv_launch.params["PARTS"]
     dk = common.empty((B, Hkv * parts, Nk, D), k.dtype if parts == 1 else torch.float32, k.device)
     dv = common.empty((B, Hkv * parts, Nk, D), v.dtype if parts == 1 else torch.float32, v.device)
-    common.launcher(_dkdv_kernel, q)[dkdv_launch.grid](
+    _dkdv_kernel[dkdv_launch.grid](
         q, k, v, do, lse, delta, dk, dv, *cols,
         *qkv_do_strides, *dk.stride()[:3], *dv.stride()[:3],
         scale=scale, qk_scale=qk_scale, **dkdv_launch.params,

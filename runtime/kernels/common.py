@@ -275,15 +275,6 @@ def is_interpreted() -> bool:
     return not isinstance(program_ids, JITFunction)
 
 
-def launcher(kernel: JITFunction, like: torch.Tensor):
-    """``kernel`` to launch with ``kernel[grid](...)``: itself on plain tensors, else (tensors that a
-    trace of an operator passes: fake or functional ones) wrapped by ``torch.library.wrap_triton``, so
-    that the trace records the launch and Inductor sees the kernel (``maskc.runtime.ops``)."""
-    if type(like) is torch.Tensor:
-        return kernel
-    return torch.library.wrap_triton(kernel)
-
-
 def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     """Allocate a kernel output (every element is written by a kernel; tests swap in a NaN fill)."""
     return torch.empty(shape, dtype=dtype, device=device)

@@ -161,7 +161,7 @@ def launch_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: tupl
     q, k, v = lastdim_contiguous(q), lastdim_contiguous(k), lastdim_contiguous(v)
     o = common.empty(q.shape, q.dtype, q.device)
     lse = common.empty(q.shape[:3], torch.float32, q.device)
-    common.launcher(_fwd_kernel, q)[launch.grid](
+    _fwd_kernel[launch.grid](
         q, k, v, o, lse, *rows,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         qk_scale=scale * LOG2E_F, **launch.params,

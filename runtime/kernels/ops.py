@@ -1,10 +1,7 @@
 """The Triton kernels as the operators ``maskc::tiles`` and ``maskc::tiles_backward`` (``maskc.runtime.ops``).
 
 An operator's implementation decides the kernels' launches from its inputs' shapes and the plan's
-scalars (:func:`.launches.plan_launches`), once per distinct set of them, then launches. Where torch
-has ``torch.library.triton_op`` (2.6 and later) and the kernels are compiled (not interpreted), the
-operators are ``triton_op``s: ``torch.compile`` traces the implementation, whose launches go through
-``torch.library.wrap_triton`` (``common.launcher``), so Inductor sees and schedules the kernels.
+scalars (:func:`.launches.plan_launches`), once per distinct set of them, then launches.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from maskc.runtime import ops
 from maskc.runtime.call import check_call
 from maskc.runtime.kernels import config
 from maskc.runtime.kernels.bwd import launch_backward
-from maskc.runtime.kernels.common import is_interpreted
 from maskc.runtime.kernels.fwd import launch_forward
 from maskc.runtime.kernels.launches import Launches, plan_launches
 
@@ -49,5 +45,4 @@ def _backward(do, q, k, v, o, lse, rows, cols, *scalars_scale):
     return launch_backward(do, q, k, v, o, lse, tuple(rows), tuple(cols), scale, launches.dq, launches.dkdv)
 
 
-TRACEABLE = hasattr(torch.library, "triton_op") and not is_interpreted()
-OPERATORS = ops.define("tiles", _forward, _backward, traceable=TRACEABLE, pieces=True)
+OPERATORS = ops.define("tiles", _forward, _backward, pieces=True)
