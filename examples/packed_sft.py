@@ -12,8 +12,9 @@ and next-token labels (none across a document boundary).
 
 The model is a tiny causal transformer whose attention runs through
 :meth:`maskc.runtime.LoadedFamily.attention`; its documents are arithmetic sequences of random start
-and step, which it can continue only by attending within its own document. Each layer binds the step's data again here, for brevity; a loop that cares binds once per
-step (``bound = family.bind(position_ids=...)``) and calls ``bound.attention`` in every layer. On a
+and step, which it can continue only by attending within its own document. Each layer binds the
+step's data again here, for brevity; a loop that cares binds once per step
+(``bound = family.bind(position_ids=...)``) and calls ``bound.attention`` in every layer. On a
 CPU the attention runs on the reference backend, on a GPU in the Triton kernels (bf16 autocast).
 """
 
