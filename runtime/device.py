@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from maskc.runtime.format import DENSE_VARIANTS, Plan, list_traits
+from maskc.runtime.format import DENSE_VARIANTS, Plan, TileGrid, list_traits
 
 _ENTRY_ARRAYS = ("row_full", "row_col", "row_tile", "col_full", "col_row", "col_tile")
 
 
 @dataclass(frozen=True)
-class DevicePlan:
+class DevicePlan(TileGrid):
     """The plan's lists as int32 tensors on one device.
 
     Slice ``s = b * heads + h`` (mask batch and heads; 1 where the mask broadcasts). Query tile row
@@ -93,14 +93,6 @@ class DevicePlan:
     cols_unbalanced: bool = False
     cols_shared: bool = False
     pieces: tuple[tuple[int, int, int, int, bool], ...] = ()
-
-    @property
-    def tiles_m(self) -> int:
-        return -(-self.q_len // self.block_m)
-
-    @property
-    def tiles_n(self) -> int:
-        return -(-self.kv_len // self.block_n)
 
     @property
     def reordered(self) -> bool:

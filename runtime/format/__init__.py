@@ -21,7 +21,7 @@ from maskc.runtime.format.intervals import (
 )
 from maskc.runtime.format.plan import (
     ARRAY_SPECS, DENSE_VARIANTS, DERIVED_LISTS, FULL_TILE, HASH_OF, INTERVAL_TILE, LIST_ARRAYS, MAX_DIM, MAX_PIECES, ORDER_ARRAYS,
-    PIECE_FIELDS, VARIANTS, Plan, PlanError,
+    PIECE_FIELDS, VARIANTS, Plan, PlanError, TileGrid,
 )
 from maskc.runtime.format.policy import DTYPES, SHARED, TILE_SIZES, UNBALANCED, list_traits, pieces_take
 from maskc.runtime.format.readback import (
@@ -33,7 +33,7 @@ __all__ = [
     "FAMILY_KINDS", "FAMILY_VERSION", "PLAN_VERSION", "SORTED_FAMILIES", "TRAITS", "FamilyPlan", "validate_family",
     "ARRAY_SPECS", "DENSE_VARIANTS", "DERIVED_LISTS", "DTYPES", "FULL_TILE", "HASH_OF", "INTERVAL_TILE", "LIST_ARRAYS", "LTE", "LTS",
     "MAGIC", "MAX_DERIVED_TILES", "MAX_DIM", "MAX_PIECES", "ORDER_ARRAYS", "PIECE_FIELDS", "SHARED", "TILE_SIZES", "UNBALANCED", "UTE",
-    "UTS", "VARIANTS", "VERSION", "Plan", "PlanError", "atomic_path", "atomic_write", "bitmap_bits", "decode", "decode_mask",
+    "UTS", "VARIANTS", "VERSION", "Plan", "PlanError", "TileGrid", "atomic_path", "atomic_write", "bitmap_bits", "decode", "decode_mask",
     "dense_intervals", "encode", "interval_vectors", "inverse_permutation", "list_traits", "load", "mask_rows", "masked_pairs",
     "masked_rows", "piece_pairs", "pieces_take", "tile_classes", "tile_lists", "tile_map", "tile_masked_counts", "tile_row",
     "validate", "visible_rows",

@@ -47,8 +47,21 @@ class PlanError(ValueError):
     """A plan file or plan object is malformed, corrupted, or from a newer version."""
 
 
+class TileGrid:
+    """The tile grid of a mask of ``q_len × kv_len`` cut into ``block_m × block_n`` tiles, for the
+    classes that have those four attributes (:class:`Plan`, the runtime's ``DevicePlan``)."""
+
+    @property
+    def tiles_m(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def tiles_n(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+
 @dataclass(frozen=True, eq=False)
-class Plan:
+class Plan(TileGrid):
     """An execution plan: which tiles of a mask a kernel visits, and how it masks the partial ones.
 
     The mask ``[batch, heads, q_len, kv_len]`` (``batch``/``heads`` are 1 where one mask serves
@@ -117,14 +130,6 @@ class Plan:
     @property
     def slices(self) -> int:
         return self.batch * self.heads
-
-    @property
-    def tiles_m(self) -> int:
-        return -(-self.q_len // self.block_m)
-
-    @property
-    def tiles_n(self) -> int:
-        return -(-self.kv_len // self.block_n)
 
     @property
     def words_per_row(self) -> int:
