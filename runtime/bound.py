@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from maskc.runtime import family
-from maskc.runtime import loaded as route_of
+from maskc.runtime import loaded
 from maskc.runtime import ops
 from maskc.runtime.call import Call, check_call
 from maskc.runtime.device import DevicePlan
@@ -55,8 +55,8 @@ class LoadedFamily:
     def __init__(self, plan: FamilyPlan, device: torch.device | str | None = None):
         validate_family(plan)
         self.plan = plan
-        self.device = route_of._canonical(torch.device(device)) if device is not None else None
-        self._routes: dict[tuple, tuple[Call, route_of.TileBackend]] = {}
+        self.device = loaded.canonical_device(torch.device(device)) if device is not None else None
+        self._routes: dict[tuple, tuple[Call, loaded.TileBackend]] = {}
         self._empty: dict[torch.device, torch.Tensor] = {}
 
     def bind(self, backend: str = "auto", check: bool = False, **step_data: torch.Tensor | int) -> "BoundPlan":
@@ -143,21 +143,21 @@ class LoadedFamily:
             self._empty[device] = torch.empty(0, dtype=torch.int32, device=device)
         return self._empty[device]
 
-    def _route(self, bound: "BoundPlan", q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> route_of._Route:
+    def _route(self, bound: "BoundPlan", q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> loaded.Route:
         """How a call runs through ``bound``: the backend readied for the call's shape at its first
         step (checked, launches decided), over this step's tensors."""
         plan = bound.plan
-        key = (route_of._route_key(q, k, v, backend), plan.batch, plan.heads, plan.perm_strides, bound.key_group)
+        key = (loaded.route_key(q, k, v, backend), plan.batch, plan.heads, plan.perm_strides, bound.key_group)
         ready = self._routes.get(key)
         if ready is None:
             call = check_call(plan, q, k, v)
             _check_key_order(bound, call)
-            ready = (call, route_of._backend(backend, q).prepare(plan, call))
-            if len(self._routes) >= route_of._MAX_ROUTES:
+            ready = (call, loaded.backend_module(backend, q).prepare(plan, call))
+            if len(self._routes) >= loaded.MAX_ROUTES:
                 self._routes.clear()
             self._routes[key] = ready
         call, tiles = ready
-        return route_of._Route(call, tiles.rebind(plan))
+        return loaded.Route(call, tiles.rebind(plan))
 
     def __repr__(self) -> str:
         return f"LoadedFamily({self.plan!r})"
@@ -179,7 +179,7 @@ class BoundPlan:
         if ops.traced(q):
             call = check_call(self.plan, q, k, v)
             _check_key_order(self, call)
-            return route_of.operator_call(self.plan, call, q, k, v, scale, backend)
+            return loaded.operator_call(self.plan, call, q, k, v, scale, backend)
         route = self.family._route(self, q, k, v, backend)
         return route.run(q, k, v, route.call.scale(scale))
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from maskc.runtime.bound import LoadedFamily
 
 BACKENDS = ("auto", "triton", "reference")
-_MAX_ROUTES = 64  # call shapes remembered per plan (a loop with ever new shapes starts over past this)
+MAX_ROUTES = 64  # call shapes remembered per plan (a loop with ever new shapes starts over past this)
 
 
 class TileBackend(Protocol):
@@ -52,7 +52,7 @@ class TileBackend(Protocol):
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
     """How calls of one shape, dtype, device and backend run through a plan, decided at the first:
     through ``tiles`` (a ready backend) with autograd, the backward through the plan's dense
     ``pieces`` where the inputs allow; or, for a dense plan (``tiles`` None), through SDPA."""
@@ -75,7 +75,7 @@ class _Route:
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, route: _Route, scale: float):
+    def forward(ctx, q, k, v, route: Route, scale: float):
         o, lse = route.tiles.forward(q, k, v, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.route, ctx.scale = route, scale
@@ -95,13 +95,13 @@ class LoadedPlan:
     def __init__(self, plan: Plan, device: torch.device | str | None = None):
         self.plan = plan
         self._on: dict[torch.device, DevicePlan] = {}
-        self._routes: dict[tuple, _Route] = {}
+        self._routes: dict[tuple, Route] = {}
         if device is not None:
             self.on(torch.device(device))
 
     def on(self, device: torch.device) -> DevicePlan:
         """The plan's tensors on ``device``, moved there the first time only."""
-        device = _canonical(device)
+        device = canonical_device(device)
         if device not in self._on:
             self._on[device] = DevicePlan.from_plan(self.plan, device)
         return self._on[device]
@@ -122,7 +122,7 @@ class LoadedPlan:
         """
         if ops.traced(q):
             return self._operator_call(q, k, v, scale, backend)
-        route = self._routes.get(_route_key(q, k, v, backend))
+        route = self._routes.get(route_key(q, k, v, backend))
         if route is None:
             route = self._route(q, k, v, backend)
         return route.run(q, k, v, route.call.scale(scale))
@@ -137,20 +137,20 @@ class LoadedPlan:
             return _dense(q, k, v, call.scale(scale), causal=dplan.variant == "dense_causal")
         return operator_call(dplan, call, q, k, v, scale, backend)
 
-    def _route(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> _Route:
+    def _route(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> Route:
         """Check a call of a new shape, dtype, device or backend, and decide how it runs."""
         call = check_call(self.plan, q, k, v)
-        impl = _backend(backend, q)
+        impl = backend_module(backend, q)
         dplan = self.on(call.device)
         if dplan.variant in DENSE_VARIANTS:
-            route = _Route(call, None, causal=dplan.variant == "dense_causal")
+            route = Route(call, None, causal=dplan.variant == "dense_causal")
         else:
             # A plan with dense pieces runs its backward through them where a dense kernel takes the inputs.
             pieces = dplan.pieces if dplan.pieces and impl is not reference and dense_pieces.supported(q) else ()
-            route = _Route(call, impl.prepare(dplan, call), pieces)
-        if len(self._routes) >= _MAX_ROUTES:
+            route = Route(call, impl.prepare(dplan, call), pieces)
+        if len(self._routes) >= MAX_ROUTES:
             self._routes.clear()
-        self._routes[_route_key(q, k, v, backend)] = route
+        self._routes[route_key(q, k, v, backend)] = route
         return route
 
     def __repr__(self) -> str:
@@ -165,7 +165,7 @@ def operator_call(plan: DevicePlan, call: Call, q: torch.Tensor, k: torch.Tensor
     return ops.attention(ops.operators(resolve_backend(backend, q.is_cuda)), q, k, v, plan, call.scale(scale))
 
 
-def _route_key(q, k, v, backend) -> tuple | None:
+def route_key(q, k, v, backend) -> tuple | None:
     """What a call's route depends on: the inputs' shapes, dtypes and devices and the backend
     (None for inputs that are not tensors, which the checks then refuse)."""
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
@@ -248,7 +248,7 @@ def resolve_backend(name: str, on_cuda: bool) -> str:
     return name
 
 
-def _backend(name: str, q: torch.Tensor):
+def backend_module(name: str, q: torch.Tensor):
     """The backend module a call runs on, ``reference`` or ``kernels``: each makes itself ready for
     a plan and a checked call with ``prepare(plan, call)``."""
     name = resolve_backend(name, q.is_cuda)
@@ -259,7 +259,8 @@ def _backend(name: str, q: torch.Tensor):
     return kernels
 
 
-def _canonical(device: torch.device) -> torch.device:
+def canonical_device(device: torch.device) -> torch.device:
+    """``device``, with the current CUDA device's index where it names none."""
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
