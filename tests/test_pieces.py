@@ -22,6 +22,7 @@ from maskc.runtime import format as fmt
 from maskc.runtime import load_plan
 from maskc.runtime import pieces as dense_pieces
 from maskc.runtime.format import PlanError
+from maskc.work import plan_candidate
 
 from conftest import dense_reference, rel_err
 
@@ -108,7 +109,7 @@ def test_a_plan_with_pieces_round_trips_and_older_versions_have_none():
     plan = _pieced_plan()
     back = fmt.decode(plan.to_bytes())
     assert np.array_equal(back.arrays["pieces"], plan.arrays["pieces"]) and back.arrays["pieces"].shape == (2, 5)
-    assert maskc.cost.plan_candidate(back).name == "block_sparse/32x32+pieces"
+    assert plan_candidate(back).name == "block_sparse/32x32+pieces"
     assert maskc.compile(library.prefix_lm(100, 30), block=32).arrays["pieces"].shape == (0, 5)
 
 
