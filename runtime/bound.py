@@ -128,8 +128,7 @@ class LoadedFamily:
         return DevicePlan(
             q_len=lists.q_len, kv_len=lists.kv_len, batch=binding.batch, heads=binding.heads,
             block_m=plan.block_m, block_n=plan.block_n,
-            row_lo=lists.row_lo, row_hi=lists.row_hi, row_full=lists.row_full, row_col=lists.row_col, row_tile=lists.row_tile,
-            col_lo=lists.col_lo, col_hi=lists.col_hi, col_full=lists.col_full, col_row=lists.col_row, col_tile=lists.col_tile,
+            **lists.list_tensors(),
             bitmaps=empty.view(0, plan.block_m, words), intervals=binding.intervals, variant="intervals",
             row_order=empty, col_order=empty,
             perm_q=empty.view(0, lists.q_len) if no_perm else binding.perm_q,

@@ -7,7 +7,7 @@ kernels and the reference backend cannot tell them apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -16,8 +16,29 @@ from maskc.runtime.format import DENSE_VARIANTS, Plan, TileGrid, list_traits
 _ENTRY_ARRAYS = ("row_full", "row_col", "row_tile", "col_full", "col_row", "col_tile")
 
 
+@dataclass(frozen=True, eq=False)
+class ListTensors:
+    """The row and column lists as the kernels walk them (described at :class:`DevicePlan`): int32
+    tensors on one device, a static plan's or a bound step's (``maskc.runtime.family.TileLists``)."""
+
+    row_lo: torch.Tensor
+    row_hi: torch.Tensor
+    row_full: torch.Tensor
+    row_col: torch.Tensor
+    row_tile: torch.Tensor
+    col_lo: torch.Tensor
+    col_hi: torch.Tensor
+    col_full: torch.Tensor
+    col_row: torch.Tensor
+    col_tile: torch.Tensor
+
+    def list_tensors(self) -> dict[str, torch.Tensor]:
+        """The ten list tensors by name."""
+        return {f.name: getattr(self, f.name) for f in fields(ListTensors)}
+
+
 @dataclass(frozen=True)
-class DevicePlan(TileGrid):
+class DevicePlan(ListTensors, TileGrid):
     """The plan's lists as int32 tensors on one device.
 
     Slice ``s = b * heads + h`` (mask batch and heads; 1 where the mask broadcasts). Query tile row
@@ -65,22 +86,6 @@ class DevicePlan(TileGrid):
     inputs), empty when the backward runs through the tile lists (``maskc.runtime.pieces``).
     """
 
-    q_len: int
-    kv_len: int
-    batch: int
-    heads: int
-    block_m: int
-    block_n: int
-    row_lo: torch.Tensor
-    row_hi: torch.Tensor
-    row_full: torch.Tensor
-    row_col: torch.Tensor
-    row_tile: torch.Tensor
-    col_lo: torch.Tensor
-    col_hi: torch.Tensor
-    col_full: torch.Tensor
-    col_row: torch.Tensor
-    col_tile: torch.Tensor
     bitmaps: torch.Tensor
     intervals: torch.Tensor
     variant: str

@@ -171,7 +171,8 @@ def bind_triton(start: torch.Tensor, end: torch.Tensor, q_len: int, block_m: int
                                               CHUNK=_chunk(tiles_m, 1))
     _row_lists_kernel[(slices * triton.cdiv(tiles_m, ROWS),)](classes, *rows, *row_entries, tiles_m, tiles_n,
                                                              CHUNK=_chunk(tiles_n, ROWS), ROWS=ROWS)
-    lists = TileLists(q_len, kv_len, block_m, block_n, slices, *rows, *row_entries, *cols, *col_entries)
+    lists = TileLists(*rows, *row_entries, *cols, *col_entries, q_len=q_len, kv_len=kv_len, block_m=block_m, block_n=block_n,
+                      slices=slices)
     return intervals, lists
 
 

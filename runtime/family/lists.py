@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from maskc.runtime.device import ListTensors
 from maskc.runtime.format import FULL_TILE, INTERVAL_TILE, LIST_ARRAYS, LTS, UTE
 
 EMPTY, FULL, PARTIAL = 0, 1, 2  # tile classes
 
 
 @dataclass(frozen=True)
-class TileLists:
+class TileLists(ListTensors):
     """The row and column lists of one bound step, int32 tensors on the step's device, for
     ``tiles_m = ceil(q_len / block_m)`` query tiles and ``tiles_n = ceil(kv_len / block_n)`` key tiles.
 
@@ -41,16 +42,6 @@ class TileLists:
     block_m: int
     block_n: int
     slices: int
-    row_lo: torch.Tensor
-    row_hi: torch.Tensor
-    row_full: torch.Tensor
-    row_col: torch.Tensor
-    row_tile: torch.Tensor
-    col_lo: torch.Tensor
-    col_hi: torch.Tensor
-    col_full: torch.Tensor
-    col_row: torch.Tensor
-    col_tile: torch.Tensor
 
 
 def tile_classes_torch(intervals: torch.Tensor, q_len: int, block_m: int, block_n: int) -> torch.Tensor:
@@ -87,7 +78,7 @@ def lists_torch(intervals: torch.Tensor, q_len: int, block_m: int, block_n: int)
     classes = tile_classes_torch(intervals, q_len, block_m, block_n)
     rows = _ell(classes)
     cols = _ell(classes.transpose(1, 2))
-    return TileLists(q_len, intervals.shape[-1], block_m, block_n, intervals.shape[0], *rows, *cols)
+    return TileLists(*rows, *cols, q_len=q_len, kv_len=intervals.shape[-1], block_m=block_m, block_n=block_n, slices=intervals.shape[0])
 
 
 def _ell(classes: torch.Tensor) -> tuple[torch.Tensor, ...]:

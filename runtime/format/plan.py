@@ -47,9 +47,17 @@ class PlanError(ValueError):
     """A plan file or plan object is malformed, corrupted, or from a newer version."""
 
 
+@dataclass(frozen=True, eq=False)
 class TileGrid:
-    """The tile grid of a mask of ``q_len × kv_len`` cut into ``block_m × block_n`` tiles, for the
-    classes that have those four attributes (:class:`Plan`, the runtime's ``DevicePlan``)."""
+    """A mask's shape ``[batch, heads, q_len, kv_len]`` cut into ``block_m × block_n`` tiles: the
+    first fields of :class:`Plan` and of the runtime's ``DevicePlan``."""
+
+    q_len: int
+    kv_len: int
+    batch: int
+    heads: int
+    block_m: int
+    block_n: int
 
     @property
     def tiles_m(self) -> int:
@@ -103,12 +111,6 @@ class Plan(TileGrid):
     data, never read by the runtime). ``plans/FORMAT.md`` is the byte-level specification.
     """
 
-    q_len: int
-    kv_len: int
-    batch: int
-    heads: int
-    block_m: int
-    block_n: int
     visible_pairs: int
     mask_sha256: str
     arrays: Mapping[str, np.ndarray]

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from maskc.runtime.kernels import common
 from maskc.runtime.kernels.common import (
-    LOG2E, LOG2E_F, head_base, interval_visible, lastdim_contiguous, launch_tile, list_entries, load_intervals, load_rows,
+    LOG2E, LOG2E_F, head_base, interval_visible, lastdim_contiguous, launch_tile, list_entries, list_step, load_intervals, load_rows,
     partial_visible, perm_rows, program_ids, row_program, seq_ptrs, slice_of, slice_perm, store_rows, tile_bits, tile_words,
 )
 
@@ -63,12 +63,7 @@ def _dkdv_tiles(
     offs_i = tl.arange(0, SUB_M)
     offs_j = tl.arange(0, KEYS)  # the program's keys, relative to key0
     for it in range(lo * STEPS, hi * STEPS):
-        entry = it // STEPS
-        row0 = (it % STEPS) * SUB_M  # first query row of this step inside the tile
-        start_m = tl.load(rows + entry) * BLOCK_M + row0
-        queries = start_m + offs_i
-        q_ok = queries < Nq
-        q_rows = perm_rows(perm, start_m, offs_i, q_ok, GATHER=GATHER)
+        entry, row0, start_m, queries, q_ok, q_rows = list_step(rows, it, offs_i, Nq, perm, BLOCK=BLOCK_M, SUB=SUB_M, GATHER=GATHER)
         qT_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=True)
         qT = load_rows(qT_ptrs, q_ok, d_ok, TRANSPOSED=True, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)  # [D, SUB_M]
         do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
@@ -210,12 +205,7 @@ def _dq_tiles(
     STEPS: tl.constexpr = BLOCK_N // SUB_N
     offs_j = tl.arange(0, SUB_N)
     for it in range(lo * STEPS, hi * STEPS):
-        entry = it // STEPS
-        col0 = (it % STEPS) * SUB_N  # first key column of this step inside the tile
-        start_n = tl.load(cols + entry) * BLOCK_N + col0
-        keys = start_n + offs_j
-        key_ok = keys < Nk
-        key_rows = perm_rows(perm, start_n, offs_j, key_ok, GATHER=GATHER)
+        entry, col0, start_n, keys, key_ok, key_rows = list_step(cols, it, offs_j, Nk, perm, BLOCK=BLOCK_N, SUB=SUB_N, GATHER=GATHER)
         kT_ptrs = seq_ptrs(K_head, start_n, offs_j, stride_kn, offs_d, key_rows, GATHER=GATHER, TRANSPOSED=True)
         vT_ptrs = seq_ptrs(V_head, start_n, offs_j, stride_vn, offs_d, key_rows, GATHER=GATHER, TRANSPOSED=True)
         kT = load_rows(kT_ptrs, key_ok, d_ok, TRANSPOSED=True, CHECK_ROWS=not EVEN_N, CHECK_D=not EVEN_D)  # [D, SUB_N]
@@ -247,38 +237,20 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqm,
     Hq, Nq, Nk, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
     scale, qk_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, ROWS: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, INTERVALS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr,
-    GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
-        row_lo, row_hi, row_full, row_order, Hq, GROUP, slice_b, slice_h, tiles_m,
-        BLOCK_M=BLOCK_M, ROWS=ROWS, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST)
-    slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
-    q_perm = slice_perm(perm_q, mask_slice, perm_q_stride)  # reordered plans only
-    k_perm = slice_perm(perm_k, mask_slice, perm_k_stride)
-
-    start_m = pid_m * BLOCK_M + row0
-    Q_head = head_base(Q, b, h, stride_qb, stride_qh)
+    (pid_bh, b, h, slice_intervals, k_perm, K_head, V_head, start_m, offs_i, offs_m_tile, offs_m, m_ok, q_rows, offs_d, d_ok, q,
+     lo, n_full, hi) = row_program(Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh, row_lo, row_hi,
+        row_full, row_order, intervals, perm_q, perm_k, Hq, GROUP, Nq, Nk, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
+        HEAD_DIM=HEAD_DIM, D_PAD=D_PAD, BLOCK_M=BLOCK_M, ROWS=ROWS, EVEN_M=EVEN_M, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST, GATHER=GATHER)
     DO_head = head_base(DO, b, h, stride_dob, stride_doh)
     O_head = head_base(O, b, h, stride_ob, stride_oh)
-    DQ_head = head_base(DQ, b, h, stride_dqb, stride_dqh)
-    K_head = head_base(K, b, h_kv, stride_kb, stride_kh)
-    V_head = head_base(V, b, h_kv, stride_vb, stride_vh)
-
-    offs_i = tl.arange(0, ROWS)
-    offs_m_tile = row0 + offs_i  # row inside the tile (bitmap row)
-    offs_m = pid_m * BLOCK_M + offs_m_tile
-    offs_d = tl.arange(0, D_PAD)
-    m_ok = offs_m < Nq
-    d_ok = offs_d < HEAD_DIM
-    q_rows = perm_rows(q_perm, start_m, offs_i, m_ok, GATHER=GATHER)
-    q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     do_ptrs = seq_ptrs(DO_head, start_m, offs_i, stride_dom, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     o_ptrs = seq_ptrs(O_head, start_m, offs_i, stride_om, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
-    q = load_rows(q_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)
     do = load_rows(do_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)
     o = load_rows(o_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)
     # delta = rowsum(dO * O): this kernel's, and stored for the dK/dV kernel (rows past Nq: 0)
@@ -306,6 +278,7 @@ def _dq_kernel(
         MASKED=True, INTERVALS=INTERVALS, GATHER=GATHER, DOT_PRECISION=DOT_PRECISION,
     )
     dq = dq * scale
+    DQ_head = head_base(DQ, b, h, stride_dqb, stride_dqh)
     dq_ptrs = seq_ptrs(DQ_head, start_m, offs_i, stride_dqm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     store_rows(dq_ptrs, dq, m_ok, d_ok)
 

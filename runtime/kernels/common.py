@@ -93,12 +93,23 @@ def slice_perm(perm, mask_slice, stride):
 
 
 @triton.jit
-def row_program(row_lo, row_hi, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
-                BLOCK_M: tl.constexpr, ROWS: tl.constexpr, ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr):
-    """What a forward or dQ program works on: its ``pid_bh = b * Hq + h``, batch ``b``, query head
-    ``h``, key/value head ``h_kv``, mask slice, query tile ``pid_m`` (in the plan's launch order),
-    first row ``row0`` inside that tile (``BLOCK_M // ROWS`` programs share a tile), and the
-    entries ``[lo, hi)`` of the tile's row list, of which the first ``n_full`` are full."""
+def row_program(Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh,
+                row_lo, row_hi, row_full, row_order, intervals, perm_q, perm_k,
+                Hq, group, Nq, Nk, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
+                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr, EVEN_M: tl.constexpr,
+                ORDERED: tl.constexpr, HEADS_FAST: tl.constexpr, GATHER: tl.constexpr):
+    """The prologue a forward and a dQ program share: what the program works on, and its query rows.
+
+    Returns, in order: its ``pid_bh = b * Hq + h``, batch ``b`` and query head ``h``; its mask
+    slice's intervals (``[4, Nk]``, interval plans) and key permutation; the base pointers of its
+    key/value head; its ``ROWS`` query rows - the first, ``start_m`` (a plan position), their
+    offsets ``offs_i`` from it, inside the query tile (``offs_m_tile``, bitmap rows) and absolute
+    (``offs_m``), which exist (``m_ok``), and the caller's rows they are (``q_rows``,
+    :func:`perm_rows`); the head dims ``offs_d`` and which exist (``d_ok``); the rows of q
+    ``[ROWS, D_PAD]``; and the entries ``[lo, hi)`` of the tile's row list, of which the first
+    ``n_full`` are full. The query tile is taken in the plan's launch order, and ``BLOCK_M //
+    ROWS`` programs share it.
+    """
     SPLIT: tl.constexpr = BLOCK_M // ROWS  # programs per query tile (usually 1)
     pid_tile, pid_bh = program_ids(HEADS_FAST=HEADS_FAST)
     b = pid_bh // Hq
@@ -108,7 +119,24 @@ def row_program(row_lo, row_hi, row_full, row_order, Hq, group, slice_b, slice_h
     pid_m = launch_tile(row_order, mask_slice, tiles_m, pid_tile // SPLIT, ORDERED=ORDERED)
     row0 = (pid_tile % SPLIT) * ROWS
     lo, n_full, hi = list_entries(row_lo, row_hi, row_full, mask_slice * tiles_m + pid_m)
-    return pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi
+    slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # interval plans only
+    k_perm = slice_perm(perm_k, mask_slice, perm_k_stride)  # reordered plans only
+
+    start_m = pid_m * BLOCK_M + row0
+    Q_head = head_base(Q, b, h, stride_qb, stride_qh)
+    K_head = head_base(K, b, h_kv, stride_kb, stride_kh)
+    V_head = head_base(V, b, h_kv, stride_vb, stride_vh)
+    offs_i = tl.arange(0, ROWS)
+    offs_m_tile = row0 + offs_i
+    offs_m = pid_m * BLOCK_M + offs_m_tile
+    offs_d = tl.arange(0, D_PAD)
+    m_ok = offs_m < Nq
+    d_ok = offs_d < HEAD_DIM
+    q_rows = perm_rows(slice_perm(perm_q, mask_slice, perm_q_stride), start_m, offs_i, m_ok, GATHER=GATHER)
+    q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
+    q = load_rows(q_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=HEAD_DIM != D_PAD)
+    return (pid_bh, b, h, slice_intervals, k_perm, K_head, V_head,
+            start_m, offs_i, offs_m_tile, offs_m, m_ok, q_rows, offs_d, d_ok, q, lo, n_full, hi)
 
 
 @triton.jit
@@ -128,6 +156,23 @@ def full_run(index, lo, n_full):
     first = tl.load(index + lo, mask=n_full > 0, other=0)
     last = tl.load(index + lo + n_full - 1, mask=n_full > 0, other=-1)
     return first, tl.where(last - first == n_full - 1, n_full, 0)
+
+
+@triton.jit
+def list_step(index, it, offs, n, perm, BLOCK: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr):
+    """Step ``it`` of a walk over list entries that visits each tile (``BLOCK`` positions along the
+    walked side) in ``BLOCK // SUB`` steps of ``SUB``: the entry, the step's first position inside
+    its tile, the first position (``index[entry] * BLOCK`` + that), the step's positions
+    (``offs`` from the first), which of them exist (``< n``), and the caller's rows they are
+    (:func:`perm_rows`)."""
+    STEPS: tl.constexpr = BLOCK // SUB
+    entry = it // STEPS
+    offset = (it % STEPS) * SUB
+    first = tl.load(index + entry) * BLOCK + offset
+    positions = first + offs
+    ok = positions < n
+    rows = perm_rows(perm, first, offs, ok, GATHER=GATHER)
+    return entry, offset, first, positions, ok, rows
 
 
 @triton.jit

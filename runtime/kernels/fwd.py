@@ -20,7 +20,7 @@ import triton.language as tl
 from maskc.runtime.kernels import common
 from maskc.runtime.kernels.common import (
     FULL_TILE, LN2, LOG2E_F, full_run, head_base, lastdim_contiguous, load_rows, partial_visible, perm_rows, row_program, seq_ptrs,
-    slice_perm, store_rows,
+    store_rows,
 )
 
 
@@ -96,28 +96,10 @@ def _fwd_kernel(
     GATHER: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
-    pid_bh, b, h, h_kv, mask_slice, pid_m, row0, lo, n_full, hi = row_program(
-        row_lo, row_hi, row_full, row_order, Hq, group, slice_b, slice_h, tiles_m,
-        BLOCK_M=BLOCK_M, ROWS=ROWS, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST)
-    slice_intervals = intervals + mask_slice.to(tl.int64) * 4 * Nk  # [4, Nk] (interval plans only)
-    q_perm = slice_perm(perm_q, mask_slice, perm_q_stride)  # reordered plans only
-    k_perm = slice_perm(perm_k, mask_slice, perm_k_stride)
-
-    start_m = pid_m * BLOCK_M + row0
-    Q_head = head_base(Q, b, h, stride_qb, stride_qh)
-    O_head = head_base(O, b, h, stride_ob, stride_oh)
-    K_head = head_base(K, b, h_kv, stride_kb, stride_kh)
-    V_head = head_base(V, b, h_kv, stride_vb, stride_vh)
-
-    offs_i = tl.arange(0, ROWS)
-    offs_m_tile = row0 + offs_i  # row inside the tile (bitmap row)
-    offs_m = pid_m * BLOCK_M + offs_m_tile
-    offs_d = tl.arange(0, D_PAD)
-    m_ok = offs_m < Nq
-    d_ok = offs_d < HEAD_DIM
-    q_rows = perm_rows(q_perm, start_m, offs_i, m_ok, GATHER=GATHER)
-    q_ptrs = seq_ptrs(Q_head, start_m, offs_i, stride_qm, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
-    q = load_rows(q_ptrs, m_ok, d_ok, TRANSPOSED=False, CHECK_ROWS=not EVEN_M, CHECK_D=not EVEN_D)
+    (pid_bh, b, h, slice_intervals, k_perm, K_head, V_head, start_m, offs_i, offs_m_tile, offs_m, m_ok, q_rows, offs_d, d_ok, q,
+     lo, n_full, hi) = row_program(Q, K, V, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_vb, stride_vh, row_lo, row_hi,
+        row_full, row_order, intervals, perm_q, perm_k, Hq, group, Nq, Nk, slice_b, slice_h, tiles_m, perm_q_stride, perm_k_stride,
+        HEAD_DIM=HEAD_DIM, D_PAD=D_PAD, BLOCK_M=BLOCK_M, ROWS=ROWS, EVEN_M=EVEN_M, ORDERED=ORDERED, HEADS_FAST=HEADS_FAST, GATHER=GATHER)
 
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
@@ -144,6 +126,7 @@ def _fwd_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]  # acc is 0 on empty rows
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    O_head = head_base(O, b, h, stride_ob, stride_oh)
     o_ptrs = seq_ptrs(O_head, start_m, offs_i, stride_om, offs_d, q_rows, GATHER=GATHER, TRANSPOSED=False)
     store_rows(o_ptrs, o, m_ok, d_ok)
     tl.store(LSE + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=m_ok)
