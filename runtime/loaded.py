@@ -65,7 +65,9 @@ class Route:
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if self.tiles is None:
             return _dense(q, k, v, scale, causal=self.causal)
-        return _Attention.apply(q, k, v, self, scale)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return _Attention.apply(q, k, v, self, scale)
+        return self.tiles.forward(q, k, v, scale)[0]  # nothing to differentiate: no autograd node
 
     def backward(self, do, q, k, v, o, lse, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.pieces:
