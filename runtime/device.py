@@ -34,7 +34,10 @@ class ListTensors:
 
     def list_tensors(self) -> dict[str, torch.Tensor]:
         """The ten list tensors by name."""
-        return {f.name: getattr(self, f.name) for f in fields(ListTensors)}
+        return {name: getattr(self, name) for name in _LIST_TENSORS}
+
+
+_LIST_TENSORS = tuple(f.name for f in fields(ListTensors))  # read at import: a trace takes names, not fields()
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class DevicePlan(ListTensors, TileGrid):
     Slice ``s = b * heads + h`` (mask batch and heads; 1 where the mask broadcasts). Query tile row
     ``m`` of slice ``s`` is list ``r = s * tiles_m + m``: it visits entries ``row_lo[r] : row_hi[r]``
     of ``row_col``/``row_tile``; the first ``row_full[r]`` of them are full tiles (tile id -1), the
-    rest partial tiles. A static plan's ``row_lo``/``row_hi`` are views of its CSR offsets
+    rest partial tiles. A static plan's ``row_lo``/``row_hi`` are its CSR offsets
     (``row_ptr[:-1]``, ``row_ptr[1:]``); a bound family's are its ELL lists' own
     (``maskc.runtime.family.TileLists``). The column lists are the same for key tiles, for the
     dK/dV pass.
@@ -152,17 +155,19 @@ class DevicePlan(ListTensors, TileGrid):
         dense = plan.variant in DENSE_VARIANTS  # derived lists are never walked: leave them on the host
 
         def to_device(a) -> torch.Tensor:
-            return torch.from_numpy(a.astype("<i4")).to(device)
+            return _static(torch.from_numpy(a.astype("<i4")).to(device))
 
         tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _ENTRY_ARRAYS}
         for side in ("row", "col"):  # list r's entries are ptr[r] : ptr[r + 1]
-            ptr = to_device(plan.arrays[f"{side}_ptr"][:0] if dense else plan.arrays[f"{side}_ptr"])
-            tensors[f"{side}_lo"], tensors[f"{side}_hi"] = ptr[:-1], ptr[1:]
-        bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
+            ptr = plan.arrays[f"{side}_ptr"][:0] if dense else plan.arrays[f"{side}_ptr"]
+            # two tensors, not two views of one: a view one element in is not 16-byte aligned, and
+            # torch.compile copies an unaligned input to an aligned buffer at every call
+            tensors[f"{side}_lo"], tensors[f"{side}_hi"] = to_device(ptr[:-1]), to_device(ptr[1:])
+        bitmaps = _static(torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device))
         perm = to_device(plan.arrays["perm"])  # one permutation (of a square mask) for every slice, queries and keys alike
         rows = list_traits(plan.arrays["row_ptr"], plan.tiles_n) if not dense else (False, False)
         cols = list_traits(plan.arrays["col_ptr"], plan.tiles_m) if not dense else (False, False)
-        return cls(
+        dplan = cls(
             q_len=plan.q_len,
             kv_len=plan.kv_len,
             batch=plan.batch,
@@ -180,6 +185,9 @@ class DevicePlan(ListTensors, TileGrid):
             pieces=tuple((int(q0), int(q1), int(k0), int(k1), bool(c)) for q0, q1, k0, k1, c in plan.arrays["pieces"]),
             **tensors,
         )
+        for t in (*dplan.row_lists, *dplan.col_lists):  # and the views of those tensors
+            _static(t)
+        return dplan
 
     def slice_index(self, b: int, h: int) -> int:
         """The mask slice that query batch ``b`` and query head ``h`` read (broadcast where 1)."""
@@ -189,3 +197,13 @@ class DevicePlan(ListTensors, TileGrid):
 def _slice_view(perm: torch.Tensor, slices: int, length: int) -> torch.Tensor:
     """A static plan's one permutation as every slice's (a stride-0 view), or ``[0, length]`` if it has none."""
     return perm.expand(slices, length) if perm.numel() else perm.view(0, length)
+
+
+def _static(t: torch.Tensor) -> torch.Tensor:
+    """``t``, marked for ``torch.compile`` as keeping its address while the plan lives: what
+    ``torch._dynamo.mark_static_address(t, guard=False)`` records, without importing Dynamo (which
+    takes seconds) in programs that never compile. Under ``mode="reduce-overhead"`` a CUDA graph
+    then reads the plan's tensors where they are, where it would otherwise copy each of them into
+    its own buffer at every replay; another plan's tensors make it record a new graph."""
+    t._dynamo_static_input_type = "unguarded"
+    return t
