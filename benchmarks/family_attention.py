@@ -115,7 +115,8 @@ def flex_method(packing: Packing, b: int, n: int, device: torch.device):
         return (doc[batch, q_idx] == doc[batch, kv_idx]) & (q_idx >= kv_idx)
 
     def block_mask():
-        return create_block_mask(documents, b, None, n, n, device=device)
+        # uncompiled, create_block_mask evaluates the mask_mod densely: B·N² bytes, past memory at 8 × 131072
+        return create_block_mask(documents, b, None, n, n, device=device, _compile=n > 32768)
 
     compiled = compiled_flex(flex_attention)
     mask = block_mask()
