@@ -162,3 +162,23 @@ def test_bind_and_attention_compile_once_for_every_step_of_a_family():
             got = attention_and_grads(lambda *a: compiled(*a, position_ids), q, k, v, do)
         for name, e, c in zip(("out", "dq", "dk", "dv"), eager, got):
             assert torch.equal(e, c), name
+
+
+def test_launches_tell_apart_plans_whose_permutations_differ_only_in_stride():
+    """A bound sorted step's per-slice permutations ([S, N], a row apart) and one permutation for
+    every slice (the same shape, stride 0) launch differently: the decision is not shared."""
+    import dataclasses
+
+    from maskc.runtime import reference
+
+    family = load_plan(FamilyPlan("qk_dropping", DEFAULTS["qk_dropping"], N, 32, 32, dict.fromkeys(TRAITS, False)))
+    keep = torch.rand(1, 2, N, generator=torch.Generator().manual_seed(3)) < 0.6
+    per_slice = family.bind(q_keep=keep, k_keep=keep).plan
+    shared = dataclasses.replace(per_slice, perm_q=per_slice.perm_q[:1].expand(2, N), perm_k=per_slice.perm_k[:1].expand(2, N))
+    assert per_slice.perm_strides != shared.perm_strides
+    q, k, v, _ = inputs(hq=2, hkv=2, batch=1)
+    tiles = ops.operators("triton")
+    for plan in (per_slice, shared):
+        o, _ = tiles.forward(q, k, v, list(plan.row_lists), list(plan.col_lists), *plan.scalars[:5], list(plan.scalars[5]), [], 0.3)
+        expected, _ = reference.forward(q, k, v, plan, 0.3)
+        assert rel_err(o, expected) < 1e-5

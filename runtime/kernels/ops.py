@@ -21,9 +21,11 @@ _launches: dict[tuple, Launches] = {}
 
 def _decided(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows, cols, scalars) -> Launches:
     """The launches for these inputs, decided at the first call of their shapes, dtype, device, list
-    sizes and plan scalars (and the active configuration override)."""
+    sizes, permutation strides (one permutation for every slice or one per slice, alike in shape)
+    and plan scalars (and the active configuration override)."""
+    *_, perm_q, perm_k = rows
     key = (q.shape, k.shape, v.shape, q.dtype, q.device, tuple(t.shape for t in rows), tuple(t.shape for t in cols),
-           *scalars[:5], tuple(scalars[5]), config.overrides())
+           perm_q.stride(), perm_k.stride(), *scalars[:5], tuple(scalars[5]), config.overrides())
     launches = _launches.get(key)
     if launches is None:
         plan = ops.device_plan(q, k, rows, cols, *scalars)
