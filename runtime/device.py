@@ -155,7 +155,7 @@ class DevicePlan(ListTensors, TileGrid):
         dense = plan.variant in DENSE_VARIANTS  # derived lists are never walked: leave them on the host
 
         def to_device(a) -> torch.Tensor:
-            return _static(torch.from_numpy(a.astype("<i4")).to(device))
+            return torch.from_numpy(a.astype("<i4")).to(device)
 
         tensors = {name: to_device(plan.arrays[name][:0] if dense else plan.arrays[name]) for name in _ENTRY_ARRAYS}
         for side in ("row", "col"):  # list r's entries are ptr[r] : ptr[r + 1]
@@ -163,7 +163,7 @@ class DevicePlan(ListTensors, TileGrid):
             # two tensors, not two views of one: a view one element in is not 16-byte aligned, and
             # torch.compile copies an unaligned input to an aligned buffer at every call
             tensors[f"{side}_lo"], tensors[f"{side}_hi"] = to_device(ptr[:-1]), to_device(ptr[1:])
-        bitmaps = _static(torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device))
+        bitmaps = torch.from_numpy(plan.arrays["bitmaps"].view("<i4").copy()).to(device)
         perm = to_device(plan.arrays["perm"])  # one permutation (of a square mask) for every slice, queries and keys alike
         rows = list_traits(plan.arrays["row_ptr"], plan.tiles_n) if not dense else (False, False)
         cols = list_traits(plan.arrays["col_ptr"], plan.tiles_m) if not dense else (False, False)
@@ -185,8 +185,8 @@ class DevicePlan(ListTensors, TileGrid):
             pieces=tuple((int(q0), int(q1), int(k0), int(k1), bool(c)) for q0, q1, k0, k1, c in plan.arrays["pieces"]),
             **tensors,
         )
-        for t in (*dplan.row_lists, *dplan.col_lists):  # and the views of those tensors
-            _static(t)
+        for t in (*dplan.row_lists, *dplan.col_lists):  # every tensor a call passes (views are inputs of their own)
+            _mark_static(t)
         return dplan
 
     def slice_index(self, b: int, h: int) -> int:
@@ -199,11 +199,10 @@ def _slice_view(perm: torch.Tensor, slices: int, length: int) -> torch.Tensor:
     return perm.expand(slices, length) if perm.numel() else perm.view(0, length)
 
 
-def _static(t: torch.Tensor) -> torch.Tensor:
-    """``t``, marked for ``torch.compile`` as keeping its address while the plan lives: what
+def _mark_static(t: torch.Tensor) -> None:
+    """Mark ``t`` for ``torch.compile`` as keeping its address while the plan lives: what
     ``torch._dynamo.mark_static_address(t, guard=False)`` records, without importing Dynamo (which
     takes seconds) in programs that never compile. Under ``mode="reduce-overhead"`` a CUDA graph
     then reads the plan's tensors where they are, where it would otherwise copy each of them into
     its own buffer at every replay; another plan's tensors make it record a new graph."""
     t._dynamo_static_input_type = "unguarded"
-    return t
